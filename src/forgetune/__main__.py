@@ -1,0 +1,5 @@
+import sys
+
+from forgetune.cli import main
+
+sys.exit(main())

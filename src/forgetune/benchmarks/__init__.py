@@ -1,0 +1,1 @@
+"""Data generators and loaders with ground-truth noise labels."""

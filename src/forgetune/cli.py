@@ -1,0 +1,126 @@
+"""`forgetune <stage>`: one subcommand per stage; every config field is a flag; errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from forgetune.config import SECTIONS, field_index, resolve
+from forgetune.errors import ForgetuneError
+
+COMMANDS: dict[str, str] = {
+    "run": "all stages the objective needs, skipping those whose inputs and config are unchanged",
+    "reference": "train the reference model(s) by plain SFT",
+    "score": "per-token CE of base and reference; score = CE_base - CE_ref",
+    "partition": "rank tokens globally into positives / negatives (/ ignored)",
+    "train": "fine-tune from the base with the chosen objective",
+    "generate": "answer prompts with a trained run",
+    "demo": "the whole pipeline on the embedded model and a shipped noisy arithmetic set",
+}
+
+
+def _optional(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (`--field-name`), grouped by section, defaults left to the dataclasses."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config (sections as in forgetune.config)")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    groups = {name: parser.add_argument_group(f"{name} options") for name in SECTIONS}
+    for name, info in field_index().items():
+        target = parser if info.section is None else groups[info.section]
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{info.help} (default: {info.default})"
+        if info.type is bool:
+            target.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            target.add_argument(flag, dest=name, type=_optional(info.type), default=argparse.SUPPRESS,
+                                metavar=info.type.__name__.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forgetune",
+        description="Token-level forgetting for LLM fine-tuning: learn the useful tokens, forget the misleading ones.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for name, help_text in COMMANDS.items():
+        add_config_flags(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+    for noisy in ("transformers", "accelerate", "datasets", "peft", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # weight loading/saving bars; forgetune's own stages keep theirs
+
+
+def execute(command: str, cfg) -> None:
+    from forgetune import pipeline
+
+    run = pipeline.open_run(cfg)
+    if command == "demo":
+        from forgetune.demo import run_demo
+
+        run_demo(run)
+    elif command == "run":
+        summary = pipeline.run_all(run)
+        print_summary(summary, run.dir)
+    elif command == "generate":
+        for row in pipeline.generate(run):
+            print(f"Q: {row['prompt']}")
+            if "base" in row:
+                print(f"  base:    {row['base']}")
+            print(f"  trained: {row['answer']}")
+    else:
+        info = getattr(pipeline, command)(run)
+        print(f"{command}: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "key"))
+
+
+def print_summary(summary: dict[str, Any], run_dir) -> None:
+    from forgetune.pipeline import STAGES
+
+    print(f"run: {run_dir}")
+    for stage in (s for s in STAGES if s in summary["stages"]):
+        info = summary["stages"][stage]
+        details = ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")
+        print(f"  {stage:<10} {info['seconds']:>8.1f} s  {details}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command, yaml_path, quiet = args.pop("command"), args.pop("config"), args.pop("quiet")
+    setup_logging(quiet)
+    try:
+        if command == "demo":
+            from forgetune.demo import demo_flags
+
+            args = {**demo_flags(), **args}
+        cfg = resolve(yaml_path, args)
+        execute(command, cfg)
+    except ForgetuneError as e:
+        print(f"forgetune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("forgetune: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Typed configuration. One dataclass per concern; YAML sections and CLI flags map onto the fields 1:1.
+
+A YAML file has one section per dataclass (``model:``, ``data:``, ...) whose keys are the field names; every field is
+also a flag, ``--field-name``. Precedence: defaults < ``--preset`` < YAML < flags. The resolved config is saved as
+``config.yaml`` in every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from forgetune.errors import ForgetuneError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = _f(None, "Local Hugging Face causal-LM directory. Default: the embedded SmolLM2-135M-Instruct.")
+    dtype: str = _f("float32", "Weights dtype for training and scoring: float32, bfloat16 or float16.")
+    lora: bool = _f(False, "Train LoRA adapters instead of all weights.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = _f(0.05, "LoRA dropout.")
+    lora_target_modules: str = _f("all-linear", "Comma-separated module names, or 'all-linear'.")
+    merge_lora: bool = _f(True, "Merge LoRA weights into the saved model (else save the adapter only).")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+
+
+@dataclass
+class DataConfig:
+    data: str | None = _f(None, "Training corpus: .jsonl, .json, .parquet or a datasets.save_to_disk folder.")
+    format: str = _f("auto", "Record format: auto, chat, prompt-completion or alpaca.")
+    max_length: int = _f(512, "Truncate tokenised examples to this many tokens (truncations are counted).")
+    system_prompt: str | None = _f(None, "System message prepended to every conversation that has none.")
+
+
+@dataclass
+class ReferenceConfig:
+    reference_data: str | None = _f(
+        None, "Separate trusted/curated file to train the reference on (the paper's setting); it scores all examples."
+    )
+    cross_fit: int = _f(
+        2, "K >= 2: K references, each trained on all folds but one and scoring only that unseen fold. 1: off."
+    )
+    reference_fraction: float = _f(0.3, "Without reference_data and cross_fit: fraction of the corpus to train on.")
+    reference_count: int | None = _f(None, "Like reference_fraction, as a number of examples (wins if set).")
+    reference_epochs: float = _f(2.0, "Epochs of plain SFT for the reference.")
+    reference_max_steps: int = _f(-1, "If > 0, stop the reference after this many optimizer steps.")
+
+
+@dataclass
+class ScoreConfig:
+    score_batch_size: int = _f(16, "Examples per forward pass when scoring.")
+
+
+@dataclass
+class PartitionConfig:
+    rho: float = _f(0.7, "Fraction of response tokens ranked positive (top scores).")
+    granularity: str = _f("global", "Ranking scope: global (whole corpus), sequence (each example) or batch.")
+    negative_below: float | None = _f(
+        None, "Three-way split: negatives only where score < this (e.g. 0); other non-positives are ignored."
+    )
+
+
+@dataclass
+class TrainConfig:
+    objective: str = _f("forget", "Training objective: sft, ignore, forget, forget-unlikelihood, forget-npo, ...")
+    lambda_max: float = _f(0.25, "Final weight of the negative term (lambda ramps linearly over the run).")
+    lambda_min: float = _f(0.0, "Initial weight of the negative term.")
+    npo_beta: float = _f(0.1, "Inverse temperature of the NPO-style negative term.")
+    learning_rate: float = _f(5e-5, "Peak learning rate (AdamW).")
+    lr_scheduler: str = _f("linear", "transformers learning-rate schedule name.")
+    warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up the learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    epochs: float = _f(2.0, "Training epochs.")
+    max_steps: int = _f(-1, "If > 0, stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = _f(16, "Examples per device per step.")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (the forgetting term needs it on).")
+    logging_steps: int = _f(5, "Log losses every N steps.")
+    save_steps: int = _f(0, "If > 0, checkpoint every N steps so an interrupted stage resumes.")
+    seed: int = _f(42, "Seed of data order, subsets, folds and initialisation.")
+
+
+@dataclass
+class GenerateConfig:
+    prompts: str | None = _f(None, "File of prompts (same formats as data); default: the first few corpus prompts.")
+    num_prompts: int = _f(5, "How many prompts to answer when none are given.")
+    max_new_tokens: int = _f(64, "Tokens to generate per answer (greedy).")
+    compare_base: bool = _f(False, "Also answer with the base model, side by side.")
+
+
+@dataclass
+class RunConfig:
+    output: str | None = _f(None, "Run directory; every stage reads and writes there.")
+    preset: str | None = _f(None, "Named preset applied before YAML and flags (see forgetune.config.PRESETS).")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        p, t = self.partition, self.train
+        if not (isinstance(p.rho, int | float) and 0.0 <= p.rho <= 1.0):
+            raise ForgetuneError(f"rho must be in [0, 1], got {p.rho}: pass e.g. --rho 0.7")
+        if p.granularity not in ("global", "sequence", "batch"):
+            raise ForgetuneError(f"granularity must be global, sequence or batch, got {p.granularity!r}")
+        if p.negative_below is not None and not math.isfinite(p.negative_below):
+            raise ForgetuneError(f"negative_below must be a finite number, got {p.negative_below}")
+        for name in ("lambda_max", "lambda_min"):
+            value = getattr(t, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")
+        if t.lambda_min > t.lambda_max:
+            raise ForgetuneError(f"lambda_min ({t.lambda_min}) must not exceed lambda_max ({t.lambda_max})")
+        r = self.reference
+        if r.cross_fit < 1:
+            raise ForgetuneError(f"cross_fit must be >= 1, got {r.cross_fit}")
+        if not 0.0 < r.reference_fraction <= 1.0:
+            raise ForgetuneError(f"reference_fraction must be in (0, 1], got {r.reference_fraction}")
+        for name, value in (("batch_size", t.batch_size), ("grad_accum", t.grad_accum),
+                            ("max_length", self.data.max_length), ("score_batch_size", self.score.score_batch_size)):
+            if value < 1:
+                raise ForgetuneError(f"{name} must be >= 1, got {value}")
+        if self.model.dtype not in ("float32", "bfloat16", "float16"):
+            raise ForgetuneError(f"dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
+        return self
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING
+}
+TOP_LEVEL = ("output", "preset")
+
+# The paper's exact recipe (arXiv 2508.04329), kept for comparison with forgetune's defaults.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "reference": {"cross_fit": 1, "reference_fraction": 0.3},
+        "partition": {"rho": 0.7, "granularity": "global", "negative_below": None},
+        "train": {"objective": "forget", "lambda_max": 0.25, "lambda_min": 0.0, "max_grad_norm": 1.0},
+    },
+}
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    section: str | None  # None for top-level fields (output, preset)
+    name: str
+    type: type  # scalar type: `int | None` -> int
+    default: Any
+    help: str
+
+
+def field_index() -> dict[str, FieldInfo]:
+    """Every flag name (= field name) with its section and type; field names are unique across sections."""
+    index: dict[str, FieldInfo] = {}
+    owners = [(None, RunConfig)] + list(SECTIONS.items())
+    for section, cls in owners:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if section is None and f.name not in TOP_LEVEL:
+                continue
+            if f.name in index:
+                raise RuntimeError(f"config field {f.name} defined twice")
+            hint = hints[f.name]
+            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+                hint = next(a for a in typing.get_args(hint) if a is not type(None))
+            index[f.name] = FieldInfo(section, f.name, hint, f.default, f.metadata.get("help", ""))
+    return index
+
+
+def _coerce(value: Any, info: FieldInfo, source: str) -> Any:
+    if value is None:
+        return None
+    kind = info.type
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif kind is float and isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif kind is str and isinstance(value, str | int | float):
+        return str(value)
+    raise ForgetuneError(f"{source}: field '{info.name}' must be {kind.__name__}, got {value!r}")
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str) -> RunConfig:
+    """Set fields from a flat {field: value} or sectioned {section: {field: value}} mapping."""
+    index = field_index()
+    for key, value in overrides.items():
+        if key in SECTIONS and isinstance(value, dict):  # a section (`data:` is also a field: the corpus path)
+            for sub_key, sub_value in value.items():
+                info = index.get(sub_key)
+                if info is None or info.section != key:
+                    raise ForgetuneError(f"{source}: unknown field '{sub_key}' in section '{key}'")
+                setattr(getattr(cfg, key), sub_key, _coerce(sub_value, info, source))
+            continue
+        if key not in index:
+            raise ForgetuneError(f"{source}: unknown config field '{key}' (see forgetune run --help)")
+        info = index[key]
+        target = cfg if info.section is None else getattr(cfg, info.section)
+        setattr(target, key, _coerce(value, info, source))
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ForgetuneError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ForgetuneError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ForgetuneError(f"{path}: a config file must be a mapping of sections")
+    return data
+
+
+def resolve(yaml_path: str | Path | None = None, flags: dict[str, Any] | None = None) -> RunConfig:
+    """defaults < preset < YAML < flags, then validation."""
+    flags = dict(flags or {})
+    file_values = load_yaml(yaml_path) if yaml_path else {}
+    preset = flags.get("preset") or file_values.get("preset")
+    cfg = RunConfig()
+    if preset:
+        if preset not in PRESETS:
+            raise ForgetuneError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        apply_overrides(cfg, PRESETS[preset], f"preset {preset}")
+    apply_overrides(cfg, file_values, str(yaml_path))
+    apply_overrides(cfg, flags, "command line")
+    return cfg.validate()
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    return apply_overrides(RunConfig(), data, "saved config").validate()
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,247 @@
+"""Read local corpora (JSONL, JSON, Parquet, datasets folders) in chat, prompt-completion or alpaca format.
+
+Every record becomes a conversation (a list of {role, content}); the tokenizer's chat template renders it and only
+assistant tokens carry a loss (labels elsewhere are -100). Each example keeps a stable id: its ``id`` field, or its
+0-based index in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forgetune.errors import ForgetuneError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+FORMATS = ("chat", "prompt-completion", "alpaca")
+
+
+@dataclass
+class Record:
+    id: str
+    messages: list[dict[str, str]]
+    where: str  # "file:line" for error messages
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Example:
+    """A tokenised conversation. labels[t] == input_ids[t] on response tokens, IGNORE_INDEX elsewhere."""
+
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    prompt_messages: list[dict[str, str]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_response_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def _read_raw(path: Path) -> list[tuple[str, Any]]:
+    """(location, raw record) pairs; malformed input names file and line."""
+    if not path.exists():
+        raise ForgetuneError(f"{path}: file not found")
+    if path.is_dir():
+        try:
+            import datasets
+
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # datasets raises many types for a folder that is not a saved dataset
+            raise ForgetuneError(f"{path}: not a datasets.save_to_disk folder ({str(e).splitlines()[0]})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise ForgetuneError(f"{path}: a DatasetDict needs a 'train' split (has {', '.join(ds)})")
+            ds = ds["train"]
+        return [(f"{path}:row {i}", row) for i, row in enumerate(ds)]
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow's errors for a broken file vary
+            raise ForgetuneError(f"{path}: cannot read Parquet ({str(e).splitlines()[0]})") from None
+        return [(f"{path}:row {i}", row) for i, row in enumerate(rows)]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ForgetuneError(f"{path}:{line}: not valid UTF-8 text; re-encode the file as UTF-8") from None
+    if suffix == ".jsonl":
+        out = []
+        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 is valid in JSON
+            if not line.strip():
+                continue
+            try:
+                out.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ForgetuneError(f"{path}:{number}: malformed JSON ({e.msg}); fix or remove that line") from None
+        return out
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ForgetuneError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise ForgetuneError(f"{path}: a .json corpus must be a list of records (or {{\"data\": [...]}})")
+        return [(f"{path}:record {i}", row) for i, row in enumerate(data)]
+    raise ForgetuneError(f"{path}: unknown file type {suffix!r}; use .jsonl, .json, .parquet or a datasets folder")
+
+
+def detect_format(row: dict[str, Any], where: str) -> str:
+    if "messages" in row:
+        return "chat"
+    if "prompt" in row or "completion" in row:
+        return "prompt-completion"
+    if "instruction" in row or "output" in row:
+        return "alpaca"
+    raise ForgetuneError(
+        f"{where}: cannot tell the record format from fields {sorted(row)}; "
+        "expected 'messages', 'prompt'+'completion' or 'instruction'+'output'"
+    )
+
+
+def _text(row: dict[str, Any], key: str, where: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise ForgetuneError(f"{where}: missing field '{key}'")
+        return ""
+    if not isinstance(value, str):
+        raise ForgetuneError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _check_messages(messages: Any, where: str, key: str) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise ForgetuneError(f"{where}: field '{key}' must be a non-empty list of {{role, content}} messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ForgetuneError(f"{where}: {key}[{i}] must be {{\"role\": str, \"content\": str}}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def to_messages(row: Any, fmt: str, where: str) -> list[dict[str, str]]:
+    """One record -> a conversation."""
+    if not isinstance(row, dict):
+        raise ForgetuneError(f"{where}: a record must be a JSON object, got {type(row).__name__}")
+    if fmt == "auto":
+        fmt = detect_format(row, where)
+    if fmt == "chat":
+        if "messages" not in row:
+            raise ForgetuneError(f"{where}: missing field 'messages'")
+        return _check_messages(row["messages"], where, "messages")
+    if fmt == "prompt-completion":
+        prompt = row.get("prompt")
+        if prompt is None:
+            raise ForgetuneError(f"{where}: missing field 'prompt'")
+        if isinstance(prompt, list):  # TRL's conversational prompt-completion
+            messages = _check_messages(prompt, where, "prompt")
+            completion = row.get("completion")
+            if isinstance(completion, list):
+                return messages + _check_messages(completion, where, "completion")
+            return messages + [{"role": "assistant", "content": _text(row, "completion", where)}]
+        return [
+            {"role": "user", "content": _text(row, "prompt", where)},
+            {"role": "assistant", "content": _text(row, "completion", where)},
+        ]
+    if fmt == "alpaca":
+        instruction = _text(row, "instruction", where)
+        extra = _text(row, "input", where, required=False)
+        user = f"{instruction}\n\n{extra}" if extra else instruction
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output", where)}]
+    raise ForgetuneError(f"unknown data format {fmt!r}; choose auto, {', '.join(FORMATS)}")
+
+
+def load_records(path: str | Path, fmt: str = "auto", system_prompt: str | None = None) -> list[Record]:
+    path = Path(path)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ForgetuneError(f"unknown data format {fmt!r}; choose auto, {', '.join(FORMATS)}")
+    records = []
+    for index, (where, row) in enumerate(_read_raw(path)):
+        messages = to_messages(row, fmt, where)
+        if system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompt}] + messages
+        record_id = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else str(index)
+        meta = row.get("meta", {}) if isinstance(row.get("meta"), dict) else {}
+        records.append(Record(record_id, messages, where, meta))
+    if not records:
+        raise ForgetuneError(f"{path}: no records found")
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise ForgetuneError(f"{r.where}: duplicate id {r.id!r}; ids must be unique")
+        seen.add(r.id)
+    return records
+
+
+def _render_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_messages(tokenizer, messages: list[dict[str, str]], where: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one conversation: every assistant turn is a response.
+
+    Each assistant turn spans from the end of the rendered prefix-with-generation-prompt to the end of the rendered
+    conversation up to and including that turn, so whatever the template emits after the content (end-of-turn token)
+    is learned too.
+    """
+    full = _render_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(_render_ids(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
+        upto = _render_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if full[: len(upto)] != upto:
+            raise ForgetuneError(f"{where}: the chat template does not render turns as prefixes; cannot mask turns")
+        for t in range(max(start, 1), len(upto)):  # position 0 has no preceding logits to score it
+            labels[t] = full[t]
+    return full, labels
+
+
+def tokenize_records(
+    records: Sequence[Record], tokenizer, max_length: int
+) -> tuple[list[Example], dict[str, int]]:
+    """Tokenise, truncate to max_length and drop examples with no response token; returns (examples, counts)."""
+    examples, truncated, empty = [], 0, 0
+    for r in records:
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in r.messages):
+            empty += 1
+            continue
+        input_ids, labels = tokenize_messages(tokenizer, r.messages, r.where)
+        if len(input_ids) > max_length:
+            truncated += 1
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        if all(label == IGNORE_INDEX for label in labels):
+            empty += 1
+            continue
+        last_assistant = max(i for i, m in enumerate(r.messages) if m["role"] == "assistant")
+        examples.append(Example(r.id, input_ids, labels, r.messages[:last_assistant], r.meta))
+    if empty:
+        log.warning("skipped %d example(s) with an empty response (or one truncated away)", empty)
+    if truncated:
+        log.warning("truncated %d example(s) to max_length=%d tokens", truncated, max_length)
+    return examples, {"examples": len(examples), "skipped_empty": empty, "truncated": truncated}
+
+
+def load_examples(path: str | Path, tokenizer, fmt: str = "auto", max_length: int = 512,
+                  system_prompt: str | None = None) -> tuple[list[Example], dict[str, int]]:
+    records = load_records(path, fmt, system_prompt)
+    examples, counts = tokenize_records(records, tokenizer, max_length)
+    if not examples:
+        raise ForgetuneError(f"{path}: no usable example (all responses empty or truncated away)")
+    return examples, counts

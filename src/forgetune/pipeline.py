@@ -1,0 +1,383 @@
+"""The stages, each a function over one run directory: reference -> score -> partition -> train, and generate.
+
+Every stage records a content hash of its inputs and config (`.done.json`); `run` skips a stage whose hash is
+unchanged, so a rerun after a change recomputes only what it must.
+
+Run directory layout::
+
+    config.yaml             the resolved config of the last command
+    reference/              plan.json, model-K/ (one HF dir per reference), .done.json
+    scores/                 ce_base.npy, ce_ref.npy, scores.npy (float32, flat, corpus order), offsets.npy, ids.json
+    partition/              polarity.npy (int8: +1 positive, -1 negative, 0 ignored), .done.json
+    train/                  log_history.json, .done.json (checkpoints/ while running)
+    model/                  the trained model, a Hugging Face dir
+    summary.json            token counts, losses, lambda, stage timings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accelerate import PartialState
+
+from forgetune import objectives
+from forgetune.config import RunConfig, dump_yaml
+from forgetune.data.collator import make_features
+from forgetune.data.formats import Example, load_examples, load_records
+from forgetune.errors import ForgetuneError
+from forgetune.io import (
+    DONE_MARKER,
+    atomic_path,
+    fingerprint_path,
+    hash_obj,
+    load_npy,
+    mark_done,
+    read_json,
+    save_npy,
+    stage_done,
+    write_json,
+    write_text,
+)
+from forgetune.models import (
+    load_for_inference,
+    load_model,
+    load_tokenizer,
+    load_trainable,
+    model_fingerprint,
+    resolve_model_path,
+    save_model,
+)
+from forgetune.scoring.partition import IGNORED, NEGATIVE, POSITIVE, partition_polarity
+from forgetune.scoring.scorer import example_offsets, token_ce
+from forgetune.trainer import fit
+
+log = logging.getLogger(__name__)
+
+STAGES = ("reference", "score", "partition", "train")
+# Training hyperparameters shared by references and the final model.
+OPTIM_FIELDS = ("learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "batch_size", "grad_accum",
+                "max_grad_norm", "seed")
+
+
+@dataclass
+class Run:
+    """What every stage needs, loaded once: the config, the run dir, the tokenizer and the tokenised corpus."""
+
+    cfg: RunConfig
+    dir: Path
+    model_path: Path
+    tokenizer: Any
+    examples: list[Example]
+    data_counts: dict[str, int]
+    data_key: str
+
+    def stage_dir(self, name: str) -> Path:
+        return self.dir / name
+
+    # Content hashes: each stage's key covers its config and the keys of its inputs.
+    def reference_key(self) -> str:
+        r = self.cfg.reference
+        return hash_obj(
+            "reference", self.data_key, dataclasses.asdict(r), dataclasses.asdict(self.cfg.model),
+            {k: getattr(self.cfg.train, k) for k in OPTIM_FIELDS}, self._reference_steps(),
+            fingerprint_path(r.reference_data) if r.reference_data else None,
+        )
+
+    def score_key(self) -> str:
+        return hash_obj("score", self.reference_key())
+
+    def partition_key(self) -> str:
+        p = self.cfg.partition
+        batch = self.cfg.train.batch_size if p.granularity == "batch" else None
+        return hash_obj("partition", self.score_key(), dataclasses.asdict(p), batch)
+
+    def train_key(self) -> str:
+        upstream = self.partition_key() if self.objective().needs_partition else self.data_key
+        return hash_obj("train", upstream, dataclasses.asdict(self.cfg.train), dataclasses.asdict(self.cfg.model))
+
+    def objective(self) -> objectives.Objective:
+        return objectives.build(self.cfg.train)
+
+    def _reference_steps(self) -> tuple[float, int]:
+        """(epochs, max_steps) of each reference: its own max_steps, else the final run's, else its epochs."""
+        r, t = self.cfg.reference, self.cfg.train
+        return r.reference_epochs, r.reference_max_steps if r.reference_max_steps > 0 else t.max_steps
+
+
+def open_run(cfg: RunConfig) -> Run:
+    if not cfg.output:
+        raise ForgetuneError("no run directory: pass --output DIR")
+    if not cfg.data.data:
+        raise ForgetuneError("no training data: pass --data FILE (.jsonl, .json, .parquet or a datasets folder)")
+    objectives.build(cfg.train)  # fail early on an unknown objective
+    run_dir = Path(cfg.output)
+    model_path = resolve_model_path(cfg.model.model)
+    tokenizer = load_tokenizer(model_path)
+    d = cfg.data
+    examples, counts = load_examples(d.data, tokenizer, d.format, d.max_length, d.system_prompt)
+    data_key = hash_obj("data", fingerprint_path(d.data), dataclasses.asdict(d), model_fingerprint(model_path))
+    if PartialState().is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    log.info("data: %d examples, %d response tokens (%d truncated, %d skipped empty)", counts["examples"],
+             sum(ex.num_response_tokens for ex in examples), counts["truncated"], counts["skipped_empty"])
+    return Run(cfg, run_dir, model_path, tokenizer, examples, counts, data_key)
+
+
+def _finish(run: Run, stage: str, key: str, started: float, **info: Any) -> dict[str, Any]:
+    info = {"seconds": round(time.time() - started, 2), **info}
+    mark_done(run.stage_dir(stage), key, **info)
+    write_summary(run.dir, run.data_counts)
+    return info
+
+
+def _skip(run: Run, stage: str, key: str) -> dict[str, Any] | None:
+    stage_dir = run.stage_dir(stage)
+    if stage_done(stage_dir, key):
+        log.info("%s: up to date, skipped", stage)
+        return read_json(stage_dir / DONE_MARKER)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# reference
+
+
+def reference_plan(run: Run) -> list[dict[str, Any]]:
+    """Which examples each reference trains on ("train") and which it scores ("score"; None = all)."""
+    r, n = run.cfg.reference, len(run.examples)
+    perm = np.random.default_rng(run.cfg.train.seed).permutation(n)
+    if r.reference_data:
+        return [{"train": "reference_data", "score": None}]
+    if r.cross_fit >= 2:
+        if r.cross_fit > n:
+            raise ForgetuneError(f"cross_fit={r.cross_fit} needs at least that many examples (have {n})")
+        fold = np.empty(n, dtype=np.int64)
+        fold[perm] = np.arange(n) % r.cross_fit
+        return [{"train": np.flatnonzero(fold != k).tolist(), "score": np.flatnonzero(fold == k).tolist()}
+                for k in range(r.cross_fit)]
+    count = r.reference_count if r.reference_count is not None else max(1, round(r.reference_fraction * n))
+    if not 1 <= count <= n:
+        raise ForgetuneError(f"reference_count must be in [1, {n}], got {count}")
+    return [{"train": np.sort(perm[:count]).tolist(), "score": None}]
+
+
+def reference(run: Run) -> dict[str, Any]:
+    """Train the reference model(s) by plain SFT."""
+    key = run.reference_key()
+    if (done := _skip(run, "reference", key)) is not None:
+        return done
+    started, stage_dir = time.time(), run.stage_dir("reference")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    plan = reference_plan(run)
+    epochs, max_steps = run._reference_steps()
+    sft = objectives.build(dataclasses.replace(run.cfg.train, objective="sft"))
+    for k, part in enumerate(plan):
+        fold_key = hash_obj(key, k)
+        model_dir = stage_dir / f"model-{k}"
+        if stage_done(stage_dir / f"fold-{k}", fold_key) and (model_dir / "config.json").is_file():
+            continue  # finished before an interruption
+        if part["train"] == "reference_data":
+            d = run.cfg.data
+            train_examples, _ = load_examples(run.cfg.reference.reference_data, run.tokenizer, d.format,
+                                              d.max_length, d.system_prompt)
+        else:
+            train_examples = [run.examples[i] for i in part["train"]]
+        log.info("reference %d/%d: SFT on %d examples", k + 1, len(plan), len(train_examples))
+        model = load_trainable(run.model_path, run.cfg.model)
+        model, _ = fit(model, run.tokenizer, make_features(train_examples), sft, run.cfg.train,
+                       stage_dir / f"work-{k}", epochs=epochs, max_steps=max_steps)
+        if PartialState().is_main_process:
+            save_model(model, run.tokenizer, model_dir, merge_lora=True)
+            mark_done(stage_dir / f"fold-{k}", fold_key)
+    write_json(stage_dir / "plan.json", plan)
+    return _finish(run, "reference", key, started, references=len(plan),
+                   mode="reference_data" if run.cfg.reference.reference_data
+                   else f"cross_fit={len(plan)}" if len(plan) > 1 else "subset")
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# score
+
+
+def score(run: Run) -> dict[str, Any]:
+    """CE of the base and of the reference on every response token; score = CE_base - CE_ref."""
+    key = run.score_key()
+    if (done := _skip(run, "score", key)) is not None:
+        return done
+    ref_dir = run.stage_dir("reference")
+    if not stage_done(ref_dir, run.reference_key()):
+        raise ForgetuneError(f"{ref_dir}: no up-to-date reference model; run `forgetune reference` first")
+    started, cfg = time.time(), run.cfg
+    plan = read_json(ref_dir / "plan.json")
+    pad = run.tokenizer.pad_token_id
+    base = load_model(run.model_path, cfg.model.dtype)
+    ce_base = token_ce(base, run.examples, pad, cfg.score.score_batch_size, desc="scoring base")
+    del base
+    ce_ref = np.zeros_like(ce_base)
+    for k, part in enumerate(plan):
+        ref = load_model(ref_dir / f"model-{k}", cfg.model.dtype)
+        token_ce(ref, run.examples, pad, cfg.score.score_batch_size, indices=part["score"], out=ce_ref,
+                 desc=f"scoring reference {k + 1}/{len(plan)}")
+        del ref
+    scores = ce_base - ce_ref
+    if not np.isfinite(scores).all():
+        raise ForgetuneError(f"{int((~np.isfinite(scores)).sum())} non-finite score(s): check the models' dtype")
+    with atomic_path(run.stage_dir("score"), is_dir=True) as tmp:
+        save_npy(tmp / "ce_base.npy", ce_base)
+        save_npy(tmp / "ce_ref.npy", ce_ref)
+        save_npy(tmp / "scores.npy", scores)
+        save_npy(tmp / "offsets.npy", example_offsets(run.examples))
+        write_json(tmp / "ids.json", [ex.id for ex in run.examples])
+    return _finish(run, "score", key, started, tokens=int(scores.size), mean_score=float(scores.mean()),
+                   mean_ce_base=float(ce_base.mean()), mean_ce_ref=float(ce_ref.mean()))
+
+
+def load_scores(run: Run, name: str = "scores") -> np.ndarray:
+    """A flat per-token array of the score stage, checked against the current corpus (a stale file is an error)."""
+    score_dir = run.stage_dir("score")
+    if not (score_dir / f"{name}.npy").is_file():
+        raise ForgetuneError(f"{score_dir}: no scores; run `forgetune score` first")
+    offsets = load_npy(score_dir / "offsets.npy", mmap=False)
+    ids = read_json(score_dir / "ids.json")
+    if ids != [ex.id for ex in run.examples] or not np.array_equal(offsets, example_offsets(run.examples)):
+        raise ForgetuneError(
+            f"{score_dir}: the scores belong to another dataset or tokenisation (stale cache); "
+            "rerun `forgetune score` on this data"
+        )
+    return load_npy(score_dir / f"{name}.npy")
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# partition
+
+
+def partition(run: Run) -> dict[str, Any]:
+    """Rank the scored tokens and label each +1 (learn), -1 (forget) or 0 (ignore)."""
+    key = run.partition_key()
+    if (done := _skip(run, "partition", key)) is not None:
+        return done
+    started, p = time.time(), run.cfg.partition
+    scores = np.asarray(load_scores(run))
+    if np.isnan(scores).any():
+        raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: NaN scores; rerun `forgetune score`")
+    offsets = example_offsets(run.examples)
+    polarity = partition_polarity(scores, offsets, p.rho, p.granularity, run.cfg.train.batch_size, p.negative_below)
+    stage_dir = run.stage_dir("partition")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    save_npy(stage_dir / "polarity.npy", polarity)
+    counts = {
+        "positive": int((polarity == POSITIVE).sum()),
+        "negative": int((polarity == NEGATIVE).sum()),
+        "ignored": int((polarity == IGNORED).sum()),
+    }
+    log.info("partition: %d positive, %d negative, %d ignored tokens", *counts.values())
+    return _finish(run, "partition", key, started, **counts)
+
+
+def load_polarity(run: Run) -> np.ndarray:
+    stage_dir = run.stage_dir("partition")
+    if not stage_done(stage_dir, run.partition_key()):
+        raise ForgetuneError(f"{stage_dir}: no up-to-date partition; run `forgetune partition` first")
+    polarity = load_npy(stage_dir / "polarity.npy")
+    if polarity.shape[0] != example_offsets(run.examples)[-1]:
+        raise ForgetuneError(f"{stage_dir}: the partition does not match the dataset; rerun `forgetune partition`")
+    return polarity
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# train
+
+
+def train(run: Run) -> dict[str, Any]:
+    """Fine-tune from the base with the configured objective; save an HF model dir at RUN/model."""
+    key = run.train_key()
+    if (done := _skip(run, "train", key)) is not None:
+        return done
+    started, cfg = time.time(), run.cfg
+    objective = run.objective()
+    offsets = polarity = base_ce = None
+    if objective.needs_partition:
+        polarity = load_polarity(run)
+        offsets = example_offsets(run.examples)
+    if objective.needs_base_ce:
+        base_ce = load_scores(run, "ce_base")
+        offsets = example_offsets(run.examples)
+    features = make_features(run.examples, offsets, polarity, base_ce)
+    log.info("train: objective %s on %d examples", objective.name, len(features))
+    stage_dir = run.stage_dir("train")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    model = load_trainable(run.model_path, cfg.model)
+    model, history = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir)
+    if not PartialState().is_main_process:
+        return {}
+    save_model(model, run.tokenizer, run.dir / "model", cfg.model.merge_lora)
+    write_json(stage_dir / "log_history.json", history)
+    steps = [h for h in history if "loss" in h]
+    last = steps[-1] if steps else {}
+    final = {k: last[k] for k in ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "lambda") if k in last}
+    return _finish(run, "train", key, started, objective=objective.name, steps=last.get("step"),
+                   train_runtime=next((h["train_runtime"] for h in history if "train_runtime" in h), None), **final)
+
+
+# ---------------------------------------------------------------------------------------------------------------- #
+# generate and run
+
+
+def prompts_for(run: Run) -> list[list[dict[str, str]]]:
+    g = run.cfg.generate
+    if g.prompts:
+        records = load_records(g.prompts, run.cfg.data.format, run.cfg.data.system_prompt)
+        return [[m for m in r.messages if m["role"] != "assistant"] or r.messages for r in records]
+    return [ex.prompt_messages for ex in run.examples[: g.num_prompts]]
+
+
+def generate(run: Run, model_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Greedy answers of the run's model (and of the base, with compare_base) to the configured prompts."""
+    from forgetune.generation import greedy_answers
+
+    model_dir = model_dir or run.dir / "model"
+    if not model_dir.is_dir():
+        raise ForgetuneError(f"{model_dir}: no trained model; run `forgetune train` first")
+    prompts, g = prompts_for(run), run.cfg.generate
+    rows = [{"prompt": p[-1]["content"]} for p in prompts]
+    models = {"answer": model_dir}
+    if g.compare_base:
+        models = {"base": run.model_path, **models}
+    for column, path in models.items():
+        model = load_for_inference(path, run.cfg.model.dtype)
+        for row, answer in zip(rows, greedy_answers(model, run.tokenizer, prompts, g.max_new_tokens), strict=True):
+            row[column] = answer
+        del model
+    if PartialState().is_main_process:
+        write_text(run.dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return rows
+
+
+def run_all(run: Run) -> dict[str, Any]:
+    """Every stage the objective needs, each skipped when its inputs and config are unchanged."""
+    needed = STAGES if run.objective().needs_partition else ("train",)
+    functions = {"reference": reference, "score": score, "partition": partition, "train": train}
+    for stage in needed:
+        functions[stage](run)
+    return read_json(run.dir / "summary.json")
+
+
+def write_summary(run_dir: Path, data_counts: dict[str, int]) -> dict[str, Any]:
+    """summary.json: the corpus counts and every finished stage's record (timings, token counts, losses)."""
+    summary: dict[str, Any] = {"data": data_counts, "stages": {}}
+    for stage in STAGES:
+        marker = run_dir / stage / DONE_MARKER
+        if marker.is_file():
+            info = read_json(marker)
+            info.pop("key", None)
+            summary["stages"][stage] = info
+    write_json(run_dir / "summary.json", summary)
+    return summary

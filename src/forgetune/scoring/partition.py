@@ -1,0 +1,82 @@
+"""Rank response tokens by score and split them into positives (learn), negatives (forget) and ignored.
+
+O(N): the k-th largest score comes from `np.partition`; ties at the threshold go to the earliest tokens in corpus
+order, so the result is deterministic and exactly floor(rho * N) tokens are positive.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+POSITIVE, IGNORED, NEGATIVE = 1, 0, -1
+
+
+def num_positive(n: int, rho: float) -> int:
+    """floor(rho * n), exact for decimal rho (0.29 * 100 is 29, not 28.999...)."""
+    return math.floor(Fraction(repr(float(rho))) * n)
+
+
+def partition_tokens(scores: np.ndarray, rho: float) -> np.ndarray:
+    """Bool mask over a flat array of scores in corpus order: True for the top floor(rho * N) (positives).
+
+    Ties are broken by corpus order (earlier token first). NaN scores are rejected.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be a flat array, got shape {scores.shape}")
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    if np.isnan(scores).any():
+        raise ValueError(f"{int(np.isnan(scores).sum())} NaN score(s): rescore the corpus")
+    n = scores.shape[0]
+    k = num_positive(n, rho)
+    positive = np.zeros(n, dtype=bool)
+    if k == 0:
+        return positive
+    if k == n:
+        positive[:] = True
+        return positive
+    threshold = np.partition(scores, n - k)[n - k]  # the k-th largest score
+    np.greater(scores, threshold, out=positive)
+    missing = k - int(positive.sum())
+    positive[np.flatnonzero(scores == threshold)[:missing]] = True
+    return positive
+
+
+def group_offsets(offsets: np.ndarray, granularity: str, batch_size: int) -> np.ndarray:
+    """Boundaries of the ranking groups in the flat array: the corpus, each example, or runs of examples."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if granularity == "global":
+        return offsets[[0, -1]]
+    if granularity == "sequence":
+        return offsets
+    if granularity == "batch":
+        return np.unique(np.append(offsets[::batch_size], offsets[-1]))
+    raise ValueError(f"unknown granularity {granularity!r}")
+
+
+def partition_polarity(
+    scores: np.ndarray,
+    offsets: np.ndarray,
+    rho: float,
+    granularity: str = "global",
+    batch_size: int = 16,
+    negative_below: float | None = None,
+) -> np.ndarray:
+    """int8 per token: +1 positive, -1 negative, 0 ignored.
+
+    Two-way (default): every non-positive token is negative. Three-way (`negative_below` = tau): a non-positive token is
+    negative only where its score < tau (the reference predicts it worse than the base); the others are ignored.
+    """
+    scores = np.asarray(scores)
+    positive = np.zeros(scores.shape[0], dtype=bool)
+    bounds = group_offsets(offsets, granularity, batch_size)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        positive[lo:hi] = partition_tokens(scores[lo:hi], rho)
+    polarity = np.where(positive, POSITIVE, NEGATIVE).astype(np.int8)
+    if negative_below is not None:
+        polarity[~positive & ~(scores < negative_below)] = IGNORED
+    return polarity

@@ -1,0 +1,104 @@
+"""A transformers.Trainer whose loss is the configured objective over per-token CE of response tokens.
+
+One forward pass; the per-token labels (polarity, base CE) arrive in the batch, so a forgetting step costs what an
+SFT step costs. The trainer never looks at which objective it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from forgetune.config import TrainConfig
+from forgetune.data.collator import Collator
+from forgetune.objectives import Objective, TokenBatch
+from forgetune.scoring.token_logps import response_token_ce, target_mask
+
+log = logging.getLogger(__name__)
+
+
+class ObjectiveTrainer(Trainer):
+    def __init__(self, *args: Any, objective: Objective, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let Trainer divide by GA steps
+        self.model_accepts_loss_kwargs = False
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        ce = response_token_ce(outputs.logits, labels)  # (N,) over the batch's response tokens
+        mask = target_mask(labels)
+        tokens = TokenBatch(
+            polarity=inputs["polarity"][mask] if "polarity" in inputs else None,
+            base_ce=inputs["base_ce"][mask] if "base_ce" in inputs else None,
+        )
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        loss, metrics = self.objective(ce, tokens, progress)
+        if model.training:
+            for key, value in metrics.items():
+                self._metrics[key].append(float(value))
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key, values in self._metrics.items():
+            logs[key] = sum(values) / len(values) if not key.startswith("tokens_") else sum(values)
+        self._metrics.clear()
+        super().log(logs, start_time)
+
+
+def fit(
+    model: torch.nn.Module,
+    tokenizer,
+    features: list[dict[str, Any]],
+    objective: Objective,
+    cfg: TrainConfig,
+    work_dir: Path,
+    *,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Train in place; checkpoints go to work_dir/checkpoints and are resumed from if present."""
+    ckpt_dir = work_dir / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs if epochs is None else epochs,
+        max_steps=cfg.max_steps if max_steps is None else max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=max(cfg.save_steps, 1),
+        save_total_limit=1,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=next(model.parameters()).dtype == torch.bfloat16 and torch.cuda.is_available(),
+        disable_tqdm=not log.isEnabledFor(logging.INFO),
+    )
+    trainer = ObjectiveTrainer(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        objective=objective,
+    )
+    resume = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return trainer.model, trainer.state.log_history

@@ -1,0 +1,230 @@
+"""End to end through the CLI on a tiny random Llama: stages, skipping, outputs, objectives, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from forgetune.cli import main
+from forgetune.io import DONE_MARKER
+from tests_helpers import write_jsonl
+
+FAST = ["--max-steps", "2", "--batch-size", "4", "--logging-steps", "1", "--score-batch-size", "5", "--quiet"]
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def base_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--data", str(data), "--output", str(out), *FAST, *extra]
+
+
+def marker_key(out: Path, stage: str) -> str:
+    return json.loads((out / stage / DONE_MARKER).read_text())["key"]
+
+
+def test_run_end_to_end_forget(tiny_model_dir, arith_jsonl, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--objective", "forget", "--rho", "0.7")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["stages"]) == {"reference", "score", "partition", "train"}
+    assert summary["stages"]["reference"]["references"] == 2  # cross-fit 2 is the default
+    assert summary["stages"]["train"]["steps"] == 2
+    assert "lambda" in summary["stages"]["train"] and "ce_neg" in summary["stages"]["train"]
+    for stage in ("reference", "score", "partition", "train"):
+        assert summary["stages"][stage]["seconds"] >= 0
+    scores = np.load(out / "score" / "scores.npy")
+    ce_base, ce_ref = np.load(out / "score" / "ce_base.npy"), np.load(out / "score" / "ce_ref.npy")
+    np.testing.assert_allclose(scores, ce_base - ce_ref, rtol=0, atol=0)
+    offsets = np.load(out / "score" / "offsets.npy")
+    assert offsets[-1] == scores.size == summary["stages"]["score"]["tokens"]
+    polarity = np.load(out / "partition" / "polarity.npy")
+    assert (polarity == 1).sum() == int(0.7 * scores.size) == summary["stages"]["partition"]["positive"]
+    assert (polarity == -1).sum() == scores.size - (polarity == 1).sum()  # every token assigned, none dropped
+    assert (out / "config.yaml").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert model.config.vocab_size > 0
+
+
+def test_rerun_skips_unchanged_stages_and_redoes_changed(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = base_args(tiny_model_dir, arith_jsonl, out)
+    assert run_cli("run", *args) == 0
+    keys = {s: marker_key(out, s) for s in ("reference", "score", "partition", "train")}
+    mtimes = {s: (out / s / DONE_MARKER).stat().st_mtime_ns for s in keys}
+    assert run_cli("run", *args) == 0
+    assert {s: (out / s / DONE_MARKER).stat().st_mtime_ns for s in keys} == mtimes  # nothing recomputed
+    assert run_cli("run", *args, "--rho", "0.5") == 0
+    assert marker_key(out, "reference") == keys["reference"]
+    assert (out / "reference" / DONE_MARKER).stat().st_mtime_ns == mtimes["reference"]
+    assert (out / "score" / DONE_MARKER).stat().st_mtime_ns == mtimes["score"]
+    assert marker_key(out, "partition") != keys["partition"]
+    assert marker_key(out, "train") != keys["train"]
+    polarity = np.load(out / "partition" / "polarity.npy")
+    assert (polarity == 1).sum() == int(0.5 * polarity.size)
+
+
+def test_stages_one_by_one_and_generate(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = base_args(tiny_model_dir, arith_jsonl, out, "--cross-fit", "1", "--reference-fraction", "0.5")
+    assert run_cli("reference", *args) == 0
+    plan = json.loads((out / "reference" / "plan.json").read_text())
+    assert len(plan) == 1 and len(plan[0]["train"]) == 12 and plan[0]["score"] is None
+    assert run_cli("score", *args) == 0
+    assert run_cli("partition", *args, "--negative-below", "0", "--granularity", "sequence") == 0
+    polarity = np.load(out / "partition" / "polarity.npy")
+    scores = np.load(out / "score" / "scores.npy")
+    assert set(np.unique(polarity)) <= {-1, 0, 1}
+    assert np.all(scores[polarity == -1] < 0)
+    assert run_cli("train", *args, "--negative-below", "0", "--granularity", "sequence",
+                   "--objective", "forget-unlikelihood") == 0
+    capsys.readouterr()
+    assert run_cli("generate", *args, "--negative-below", "0", "--granularity", "sequence",
+                   "--objective", "forget-unlikelihood", "--num-prompts", "2", "--max-new-tokens", "4",
+                   "--compare-base") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Q: ") == 2 and "base:" in printed and "trained:" in printed
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {"prompt", "base", "answer"} <= set(rows[0])
+
+
+def test_score_before_reference_is_a_clear_error(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("score", *base_args(tiny_model_dir, arith_jsonl, out)) == 2
+    assert "run `forgetune reference` first" in capsys.readouterr().err
+
+
+def test_sft_needs_no_reference(tiny_model_dir, arith_jsonl, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--objective", "sft")) == 0
+    assert not (out / "reference").exists()
+    assert json.loads((out / "summary.json").read_text())["stages"]["train"]["objective"] == "sft"
+
+
+@pytest.mark.parametrize("objective", ["ignore", "forget", "forget-unlikelihood", "forget-npo"])
+def test_every_trainable_parameter_changes(objective, tiny_model_dir, arith_jsonl, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--objective", objective,
+                                     "--learning-rate", "1e-2", "--lambda-min", "0.2")) == 0
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    unchanged = [name for name, value in before.items() if torch.equal(value, after[name])]
+    assert unchanged == [], f"parameters not trained: {unchanged}"
+
+
+def test_lora_merged_and_adapter_outputs(tiny_model_dir, arith_jsonl, tmp_path):
+    merged, adapter = tmp_path / "merged", tmp_path / "adapter"
+    lora = ["--objective", "sft", "--lora", "--lora-r", "4", "--learning-rate", "1e-2"]
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, merged, *lora)) == 0
+    assert (merged / "model" / "config.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(merged / "model").state_dict()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if "proj" in k)
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, adapter, *lora, "--no-merge-lora")) == 0
+    assert (adapter / "model" / "adapter_config.json").is_file()
+    from forgetune.models import load_for_inference
+
+    reloaded = load_for_inference(adapter / "model")  # base + adapter, merged back into a plain model
+    base_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert type(reloaded) is type(base_model)
+    assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in base_model.parameters())
+
+
+def test_gradient_checkpointing_with_lora_still_trains_adapters(tiny_model_dir, arith_jsonl, tmp_path):
+    out = tmp_path / "run"
+    args = ["--objective", "sft", "--lora", "--lora-r", "4", "--learning-rate", "1e-2", "--gradient-checkpointing",
+            "--no-merge-lora"]
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, *args)) == 0
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # lora_B starts at zero: nonzero means it trained
+
+
+def test_reference_data_mode(tiny_model_dir, arith_jsonl, tmp_path):
+    from forgetune.benchmarks.arith import make_arith
+
+    trusted = write_jsonl(tmp_path / "trusted.jsonl", make_arith(8, noise=0.0, seed=9, id_prefix="t"))
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--reference-data", trusted)) == 0
+    plan = json.loads((out / "reference" / "plan.json").read_text())
+    assert plan == [{"train": "reference_data", "score": None}]
+
+
+def test_stale_scores_are_detected(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+    from forgetune.benchmarks.arith import make_arith
+
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out)) == 0
+    other = write_jsonl(tmp_path / "other.jsonl", make_arith(24, noise=0.25, seed=4, id_prefix="o"))
+    # Pretend the partition is up to date with the new data so the stale score file is what gets read.
+    assert run_cli("partition", *base_args(tiny_model_dir, other, out)) == 2
+    err = capsys.readouterr().err
+    assert "stale" in err or "reference" in err
+
+
+def test_yaml_config_and_saved_resolved_config(tiny_model_dir, arith_jsonl, tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"model: {{model: {tiny_model_dir}}}\ndata: {{data: {arith_jsonl}}}\npartition: {{rho: 0.6}}\n"
+        "train: {objective: forget-npo, max_steps: 1, batch_size: 4}\n"
+    )
+    assert run_cli("run", "--config", config, "--output", out, "--quiet", "--rho", "0.5") == 0
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["partition"]["rho"] == 0.5  # the flag wins over the YAML
+    assert saved["train"]["objective"] == "forget-npo"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "forgetune", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing_file", "file not found"),
+        ("malformed_line", "bad.jsonl:2: malformed JSON"),
+        ("rho", "rho must be in [0, 1]"),
+        ("objective", "unknown objective"),
+        ("model_dir", "not a local Hugging Face model directory"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(case, expected, tiny_model_dir, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n')
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "a", "completion": "b"}])
+    args = {
+        "missing_file": ["--data", tmp_path / "nope.jsonl"],
+        "malformed_line": ["--data", data],
+        "rho": ["--data", good, "--rho", "1.5"],
+        "objective": ["--data", good, "--objective", "nope"],
+        "model_dir": ["--data", good, "--model", tmp_path],
+    }[case]
+    model = [] if case == "model_dir" else ["--model", tiny_model_dir]
+    result = _cli("run", *map(str, model + args + ["--output", tmp_path / "out"]), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_help_lists_the_stages():
+    result = subprocess.run([sys.executable, "-m", "forgetune", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for stage in ("run", "reference", "score", "partition", "train", "generate", "demo"):
+        assert stage in result.stdout
