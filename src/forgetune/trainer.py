@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from forgetune.config import TrainConfig
 from forgetune.data.collator import Collator
@@ -98,6 +98,8 @@ def fit(
         processing_class=tokenizer,
         objective=objective,
     )
+    if args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines either
     resume = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     shutil.rmtree(ckpt_dir, ignore_errors=True)

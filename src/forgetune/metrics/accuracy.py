@@ -6,7 +6,9 @@ import re
 from collections.abc import Sequence
 
 HIGHER_IS_BETTER = True
+MODES = ("last-number", "after-####", "first-line", "exact")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")
 
 
 def last_number(text: str) -> str | None:
@@ -15,12 +17,38 @@ def last_number(text: str) -> str | None:
     return found[-1].replace(",", "") if found else None
 
 
-def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Fraction of predictions whose last number equals the reference's (0 for a prediction without one)."""
+def extract_answer(text: str, mode: str) -> str | None:
+    """The part of a completion that is graded; None when the completion holds no answer of that kind.
+
+    "last-number": the last number, commas removed (free-form "The answer is 85." completions).
+    "after-####": what follows the last "####", stripped, thousands commas dropped ("#### 1,234" -> "1234");
+        GSM8K puts its final answer there, after the worked reasoning whose numbers must not be graded.
+    "first-line": the first non-empty line, stripped (short answers followed by rambling).
+    "exact": the whole text, stripped.
+    """
+    if mode == "last-number":
+        return last_number(text)
+    if mode == "after-####":
+        _, sep, tail = text.rpartition("####")
+        answer = _DIGIT_COMMA.sub("", tail.strip())
+        return answer if sep and answer else None
+    if mode == "first-line":
+        return next((line.strip() for line in text.splitlines() if line.strip()), None)
+    if mode == "exact":
+        return text.strip()
+    raise ValueError(f"unknown answer mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str], mode: str = "last-number") -> float:
+    """Fraction of predictions whose extracted answer equals the reference's; a missing answer (None) never matches."""
+    if mode not in MODES:
+        raise ValueError(f"unknown answer mode {mode!r}; choose one of {', '.join(MODES)}")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not references:
         return 0.0
-    hits = sum(last_number(p) is not None and last_number(p) == last_number(r)
-               for p, r in zip(predictions, references, strict=True))
+    hits = 0
+    for p, r in zip(predictions, references, strict=True):
+        answer = extract_answer(p, mode)
+        hits += answer is not None and answer == extract_answer(r, mode)
     return hits / len(references)
