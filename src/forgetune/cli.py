@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import typing
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "generate": "answer prompts with a trained run",
     "demo": "the whole pipeline on the embedded model and a shipped noisy arithmetic set",
 }
+EVAL_HELP = "evaluate a run or model: exact match, perplexity, diversity, memorised noise, noise detection"
 
 
 def _optional(kind: type) -> Callable[[str], Any]:
@@ -31,21 +34,40 @@ def _optional(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def add_flag(group, name: str, kind: type, default: Any, help_text: str) -> None:
+    """`--field-name` for a dataclass field; unset flags are left out so lower layers (YAML, defaults) apply."""
+    flag, help_text = "--" + name.replace("_", "-"), f"{help_text} (default: {default})"
+    if kind is bool:
+        group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=help_text)
+    else:
+        group.add_argument(flag, dest=name, type=_optional(kind), default=argparse.SUPPRESS,
+                           metavar=kind.__name__.upper(), help=help_text)
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (`--field-name`), grouped by section, defaults left to the dataclasses."""
     parser.add_argument("--config", metavar="FILE", help="YAML config (sections as in forgetune.config)")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    add_quiet(parser)
     groups = {name: parser.add_argument_group(f"{name} options") for name in SECTIONS}
     for name, info in field_index().items():
-        target = parser if info.section is None else groups[info.section]
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{info.help} (default: {info.default})"
-        if info.type is bool:
-            target.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
-        else:
-            target.add_argument(flag, dest=name, type=_optional(info.type), default=argparse.SUPPRESS,
-                                metavar=info.type.__name__.upper(), help=help_text)
+        add_flag(parser if info.section is None else groups[info.section], name, info.type, info.default, info.help)
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bars")
+
+
+def add_eval_parser(sub) -> None:
+    from forgetune.evaluate import EvalConfig
+
+    parser = sub.add_parser("eval", help=EVAL_HELP, description=EVAL_HELP)
+    parser.add_argument("target", metavar="RUN_OR_MODEL", help=dataclasses.fields(EvalConfig)[0].metadata["help"])
+    add_quiet(parser)
+    hints = typing.get_type_hints(EvalConfig)
+    for f in dataclasses.fields(EvalConfig)[1:]:
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        add_flag(parser, f.name, kind, f.default, f.metadata["help"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name, help_text in COMMANDS.items():
         add_config_flags(sub.add_parser(name, help=help_text, description=help_text))
+    add_eval_parser(sub)
     return parser
 
 
@@ -104,9 +127,14 @@ def print_summary(summary: dict[str, Any], run_dir) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    command, yaml_path, quiet = args.pop("command"), args.pop("config"), args.pop("quiet")
+    command, yaml_path, quiet = args.pop("command"), args.pop("config", None), args.pop("quiet")
     setup_logging(quiet)
     try:
+        if command == "eval":
+            from forgetune.evaluate import EvalConfig, evaluate, print_results
+
+            print_results(evaluate(EvalConfig(**args)))
+            return 0
         if command == "demo":
             from forgetune.demo import demo_flags
 

@@ -15,7 +15,7 @@ import numpy as np
 from forgetune import pipeline
 from forgetune.benchmarks.arith import make_arith
 from forgetune.data.collator import response_positions
-from forgetune.generation import greedy_answers
+from forgetune.generation import generate_answers
 from forgetune.metrics.accuracy import exact_match
 from forgetune.models import load_for_inference, load_model
 from forgetune.scoring.partition import NEGATIVE, POSITIVE
@@ -73,7 +73,7 @@ def held_out_report(run: pipeline.Run) -> dict[str, float]:
     refs = [r["completion"] for r in test]
     answers = {}
     for name, model in (("base", load_model(run.model_path)), ("trained", load_for_inference(run.dir / "model"))):
-        answers[name] = greedy_answers(model, run.tokenizer, prompts, run.cfg.generate.max_new_tokens)
+        answers[name] = generate_answers(model, run.tokenizer, prompts, run.cfg.generate.max_new_tokens)
         del model
     print(f"\n== {HELD_OUT} held-out questions with correct answers (a few shown)")
     for r, base, trained in list(zip(test, answers["base"], answers["trained"], strict=True))[:4]:

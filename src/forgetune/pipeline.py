@@ -341,7 +341,7 @@ def prompts_for(run: Run) -> list[list[dict[str, str]]]:
 
 def generate(run: Run, model_dir: Path | None = None) -> list[dict[str, Any]]:
     """Greedy answers of the run's model (and of the base, with compare_base) to the configured prompts."""
-    from forgetune.generation import greedy_answers
+    from forgetune.generation import generate_answers
 
     model_dir = model_dir or run.dir / "model"
     if not model_dir.is_dir():
@@ -353,7 +353,7 @@ def generate(run: Run, model_dir: Path | None = None) -> list[dict[str, Any]]:
         models = {"base": run.model_path, **models}
     for column, path in models.items():
         model = load_for_inference(path, run.cfg.model.dtype)
-        for row, answer in zip(rows, greedy_answers(model, run.tokenizer, prompts, g.max_new_tokens), strict=True):
+        for row, answer in zip(rows, generate_answers(model, run.tokenizer, prompts, g.max_new_tokens), strict=True):
             row[column] = answer
         del model
     if PartialState().is_main_process:

@@ -228,3 +228,36 @@ def test_help_lists_the_stages():
     assert result.returncode == 0
     for stage in ("run", "reference", "score", "partition", "train", "generate", "demo"):
         assert stage in result.stdout
+
+
+def test_eval_run_reports_every_metric(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+    from forgetune.benchmarks.arith import make_arith
+
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--negative-below", "0")) == 0
+    test = write_jsonl(tmp_path / "test.jsonl", make_arith(6, noise=0.0, seed=11, id_prefix="test"))
+    capsys.readouterr()
+    assert run_cli("eval", out, "--data", test, "--samples", "2", "--diversity-prompts", "3",
+                   "--max-new-tokens", "6", "--quiet") == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "eval.json").read_text())
+    for key in ("exact_match", "perplexity", "distinct_1", "distinct_2", "self_bleu", "memorised_noise",
+                "token_auroc", "example_auroc_min", "token_precision", "token_recall"):
+        assert key in results and np.isfinite(results[key]), key
+        assert key in printed
+    assert 0.0 <= results["exact_match"] <= 1.0 and results["perplexity"] > 1.0
+    assert results["n_test"] == 6
+
+
+def test_eval_plain_model_dir(tiny_model_dir, tmp_path, capsys):
+    from forgetune.benchmarks.arith import make_arith
+
+    test = write_jsonl(tmp_path / "test.jsonl", make_arith(4, noise=0.0, seed=11, id_prefix="test"))
+    report = tmp_path / "eval.json"
+    assert run_cli("eval", tiny_model_dir, "--data", test, "--samples", "0", "--max-new-tokens", "4",
+                   "--report", report, "--quiet") == 0
+    results = json.loads(report.read_text())
+    assert "distinct_1" not in results and "memorised_noise" not in results
+    assert results["n_test"] == 4
+    assert run_cli("eval", tmp_path, "--data", test, "--quiet") == 2
+    assert "neither a forgetune run directory" in capsys.readouterr().err

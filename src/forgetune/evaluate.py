@@ -1,0 +1,170 @@
+"""`forgetune eval RUN_OR_MODEL --data TEST`: accuracy, perplexity, diversity, memorised noise, noise detection.
+
+Run-based metrics (memorised noise, detection) need a run directory whose training data carries ground truth:
+records with ``meta.corrupted`` and ``meta.clean_completion`` (the benchmarks write them).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from forgetune.config import from_dict, load_yaml
+from forgetune.data.collator import response_positions
+from forgetune.data.formats import Record, load_records, tokenize_messages, tokenize_records
+from forgetune.errors import ForgetuneError
+from forgetune.generation import generate_answers
+from forgetune.io import write_json
+from forgetune.metrics.accuracy import MODES, exact_match
+from forgetune.metrics.detection import corrupted_token_labels, detection_auroc, example_scores, precision_recall
+from forgetune.metrics.diversity import distinct_n, self_bleu
+from forgetune.metrics.memorisation import memorised_noise
+from forgetune.metrics.perplexity import perplexity
+from forgetune.models import load_for_inference, load_tokenizer
+from forgetune.scoring.partition import NEGATIVE
+from forgetune.scoring.scorer import example_offsets, token_ce
+
+log = logging.getLogger(__name__)
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EvalConfig:
+    target: str = _f(None, "A run directory (its model/) or a Hugging Face model directory.")
+    data: str = _f(None, "Test file: prompts with reference answers (any forgetune data format).")
+    extract: str = _f("last-number", f"Answer extraction: {', '.join(MODES)}.")
+    samples: int = _f(5, "Sampled answers per prompt (temperature 1) for diversity; 0 skips diversity.")
+    diversity_prompts: int = _f(20, "How many test prompts to sample for diversity.")
+    max_new_tokens: int = _f(64, "Tokens to generate per answer.")
+    batch_size: int = _f(16, "Prompts per generation batch.")
+    seed: int = _f(0, "Seed of the sampled answers.")
+    report: str | None = _f(None, "Where to write the JSON results (default: RUN/eval.json for a run directory).")
+
+
+def _split(record: Record) -> tuple[list[dict[str, str]], str]:
+    """(prompt conversation, reference answer) of a record: everything before its last assistant turn."""
+    last = max((i for i, m in enumerate(record.messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise ForgetuneError(f"{record.where}: no assistant answer to compare with")
+    return record.messages[:last], record.messages[last]["content"]
+
+
+def _resolve_target(target: str) -> tuple[Path, Path | None]:
+    path = Path(target)
+    if (path / "config.yaml").is_file() and (path / "model").is_dir():
+        return path / "model", path
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return path, None
+    raise ForgetuneError(f"{target}: neither a forgetune run directory (config.yaml + model/) nor a model directory")
+
+
+def diversity(answers: list[str], samples: int) -> dict[str, float]:
+    """Distinct-1/2 and self-BLEU within each prompt's samples, averaged over prompts."""
+    groups = [answers[i : i + samples] for i in range(0, len(answers), samples)]
+    return {
+        "distinct_1": float(np.mean([distinct_n(g, 1) for g in groups])),
+        "distinct_2": float(np.mean([distinct_n(g, 2) for g in groups])),
+        "self_bleu": float(np.mean([self_bleu(g) for g in groups])),
+    }
+
+
+def corrupted_tokens(run, examples) -> tuple[np.ndarray, np.ndarray]:
+    """Per response token: corrupted (differs from the clean answer); per example: corrupted."""
+    per_example = np.array([bool(ex.meta.get("corrupted")) for ex in examples])
+    labels = []
+    for ex, corrupted in zip(examples, per_example, strict=True):
+        noisy_ids = [ex.input_ids[p] for p in response_positions(ex.labels)]
+        if not corrupted or "clean_completion" not in ex.meta:
+            labels.append(np.zeros(len(noisy_ids), dtype=bool))
+            continue
+        clean = ex.prompt_messages + [{"role": "assistant", "content": ex.meta["clean_completion"]}]
+        ids, clean_labels = tokenize_messages(run.tokenizer, clean, ex.id)
+        clean_ids = [ids[p] for p in response_positions(clean_labels)]
+        labels.append(corrupted_token_labels(noisy_ids, clean_ids))
+    return np.concatenate(labels), per_example
+
+
+def detection(run) -> dict[str, float]:
+    """How well the scores (and the negative set) find the corrupted tokens and examples of the training data."""
+    from forgetune import pipeline
+
+    scores = np.asarray(pipeline.load_scores(run))
+    token_labels, example_labels = corrupted_tokens(run, run.examples)
+    if not token_labels.any() or token_labels.all():
+        return {}
+    out = {"token_auroc": detection_auroc(scores, token_labels),
+           "example_auroc_min": detection_auroc(example_scores(scores, example_offsets(run.examples), "min"),
+                                                example_labels)}
+    if (run.dir / "partition" / "polarity.npy").is_file():
+        negative = np.asarray(pipeline.load_polarity(run)) == NEGATIVE
+        out["token_precision"], out["token_recall"] = precision_recall(negative, token_labels)
+        out["negative_fraction_corrupted_tokens"] = float(negative[token_labels].mean())
+        out["negative_fraction_clean_tokens"] = float(negative[~token_labels].mean())
+    return out
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    if not cfg.target or not cfg.data:
+        raise ForgetuneError("eval needs a run or model directory and --data TEST_FILE")
+    if cfg.extract not in MODES:
+        raise ForgetuneError(f"unknown --extract {cfg.extract!r}; choose one of {', '.join(MODES)}")
+    model_dir, run_dir = _resolve_target(cfg.target)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_for_inference(model_dir)
+    records = load_records(cfg.data)
+    prompts, refs = zip(*(_split(r) for r in records), strict=True)
+    answers = generate_answers(model, tokenizer, list(prompts), cfg.max_new_tokens, cfg.batch_size)
+    results: dict[str, Any] = {"model": str(model_dir), "test": str(cfg.data), "n_test": len(records),
+                               "exact_match": exact_match(answers, refs, cfg.extract)}
+    examples, _ = tokenize_records(records, tokenizer, max_length=4096)
+    results["perplexity"] = perplexity(token_ce(model, examples, tokenizer.pad_token_id, cfg.batch_size,
+                                                desc="perplexity"))
+    if cfg.samples > 0:
+        torch.manual_seed(cfg.seed)
+        sampled = generate_answers(model, tokenizer, list(prompts[: cfg.diversity_prompts]), cfg.max_new_tokens,
+                                   cfg.batch_size, samples=cfg.samples, temperature=1.0)
+        results.update(diversity(sampled, cfg.samples))
+    if run_dir is not None:
+        results.update(run_metrics(run_dir, model, cfg))
+    results["examples"] = [{"prompt": p[-1]["content"], "reference": r, "answer": a}
+                           for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]
+    report = cfg.report or (run_dir / "eval.json" if run_dir else None)
+    if report:
+        write_json(report, results)
+    return results
+
+
+def run_metrics(run_dir: Path, model, cfg: EvalConfig) -> dict[str, float]:
+    """Memorised noise and noise detection, from the run's training data and scores."""
+    from forgetune import pipeline
+
+    run_cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+    run_cfg.output = str(run_dir)  # the run may have been moved or copied
+    run = pipeline.open_run(run_cfg)
+    out: dict[str, float] = {}
+    noisy = [ex for ex in run.examples if ex.meta.get("corrupted")]
+    if noisy:
+        answers = generate_answers(model, run.tokenizer, [ex.prompt_messages for ex in noisy], cfg.max_new_tokens,
+                                   cfg.batch_size)
+        noisy_answers = [run.tokenizer.decode([ex.input_ids[p] for p in response_positions(ex.labels)],
+                                              skip_special_tokens=True) for ex in noisy]
+        out["memorised_noise"] = memorised_noise(answers, noisy_answers, cfg.extract)
+    if (run_dir / "score" / "scores.npy").is_file():
+        out.update(detection(run))
+    return out
+
+
+def print_results(results: dict[str, Any]) -> None:
+    for key, value in results.items():
+        if isinstance(value, float):
+            print(f"{key:<36} {value:.4f}")
+    for row in results["examples"]:
+        print(f"Q: {row['prompt']}\n  reference: {row['reference']}\n  answer:    {row['answer']}")
