@@ -9,6 +9,7 @@ import sys
 import typing
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from forgetune.config import SECTIONS, field_index, resolve
@@ -23,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "generate": "answer prompts with a trained run",
     "demo": "the whole pipeline on the embedded model and a shipped noisy arithmetic set",
 }
+BENCH_HELP = "compare methods x seeds on a benchmark with ground-truth noise (tables, JSON, CSV, plots)"
 EVAL_HELP = "evaluate a run or model: exact match, perplexity, diversity, memorised noise, noise detection"
 
 
@@ -58,14 +60,14 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bars")
 
 
-def add_eval_parser(sub) -> None:
-    from forgetune.evaluate import EvalConfig
-
-    parser = sub.add_parser("eval", help=EVAL_HELP, description=EVAL_HELP)
-    parser.add_argument("target", metavar="RUN_OR_MODEL", help=dataclasses.fields(EvalConfig)[0].metadata["help"])
+def add_dataclass_parser(sub, command: str, cls: type, help_text: str, positional: str) -> None:
+    """A subcommand whose first dataclass field is positional and the others are flags."""
+    parser = sub.add_parser(command, help=help_text, description=help_text)
+    fields = dataclasses.fields(cls)
+    parser.add_argument(fields[0].name, metavar=positional, help=fields[0].metadata["help"])
     add_quiet(parser)
-    hints = typing.get_type_hints(EvalConfig)
-    for f in dataclasses.fields(EvalConfig)[1:]:
+    hints = typing.get_type_hints(cls)
+    for f in fields[1:]:
         kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
         add_flag(parser, f.name, kind, f.default, f.metadata["help"])
 
@@ -78,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name, help_text in COMMANDS.items():
         add_config_flags(sub.add_parser(name, help=help_text, description=help_text))
-    add_eval_parser(sub)
+    from forgetune.bench import BenchConfig
+    from forgetune.evaluate import EvalConfig
+
+    add_dataclass_parser(sub, "eval", EvalConfig, EVAL_HELP, "RUN_OR_MODEL")
+    add_dataclass_parser(sub, "bench", BenchConfig, BENCH_HELP, "NAME")
     return parser
 
 
@@ -134,6 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from forgetune.evaluate import EvalConfig, evaluate, print_results
 
             print_results(evaluate(EvalConfig(**args)))
+            return 0
+        if command == "bench":
+            from forgetune.bench import BenchConfig, run_bench
+
+            cfg = BenchConfig(**args)
+            run_bench(cfg)
+            print((Path(cfg.results) / cfg.name / "results.md").read_text())
             return 0
         if command == "demo":
             from forgetune.demo import demo_flags

@@ -261,3 +261,28 @@ def test_eval_plain_model_dir(tiny_model_dir, tmp_path, capsys):
     assert results["n_test"] == 4
     assert run_cli("eval", tmp_path, "--data", test, "--quiet") == 2
     assert "neither a forgetune run directory" in capsys.readouterr().err
+
+
+def test_bench_writes_tables_and_plots(tiny_model_dir, tmp_path, capsys):
+    results = tmp_path / "results"
+    code = run_cli("bench", "arith", "--model", tiny_model_dir, "--results", results, "--n-train", "16",
+                   "--n-test", "4", "--max-steps", "1", "--batch-size", "4", "--samples", "2",
+                   "--diversity-prompts", "2", "--max-new-tokens", "4", "--methods", "base,sft,paper,npo-3way",
+                   "--quiet")
+    assert code == 0
+    root = results / "arith"
+    for name in ("results.csv", "results.json", "results.md", "accuracy.png", "scores.png"):
+        assert (root / name).is_file(), name
+    data = json.loads((root / "results.json").read_text())
+    assert [r["method"] for r in data["runs"]] == ["base", "sft", "paper", "npo-3way"]
+    assert "| npo-3way | 1 |" in (root / "results.md").read_text()
+    assert "| base | 1 |" in capsys.readouterr().out
+    npo = root / "runs" / "seed0" / "npo-3way"
+    assert json.loads((npo / "eval.json").read_text())["token_auroc"] is not None
+    # npo-3way and paper differ in the reference setting; npo-3way got its scores from a shared cross-fit reference
+    assert (npo / "score" / "scores.npy").is_file()
+
+
+def test_bench_rejects_unknown_method(tiny_model_dir, tmp_path, capsys):
+    assert run_cli("bench", "arith", "--model", tiny_model_dir, "--results", tmp_path, "--methods", "sft,magic") == 2
+    assert "unknown method(s) magic" in capsys.readouterr().err

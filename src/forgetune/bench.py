@@ -1,0 +1,203 @@
+"""`forgetune bench NAME`: methods x seeds on a benchmark with ground-truth noise; tables, JSON, CSV and plots.
+
+Each seed gets its own data (train with labelled noise, dev, clean test). Methods that share a reference setting share
+its reference, scores and partition (copied between run dirs, keyed by content hash), so a method costs one training.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forgetune import pipeline
+from forgetune.benchmarks import BENCHMARKS, build_benchmark
+from forgetune.config import resolve
+from forgetune.errors import ForgetuneError
+from forgetune.evaluate import EvalConfig, corrupted_tokens, evaluate
+from forgetune.io import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+# Each method: flags over the benchmark's base flags. "base" evaluates the untrained model.
+METHODS: dict[str, dict[str, Any] | None] = {
+    "base": None,
+    "sft": {"objective": "sft"},
+    "ignore": {"objective": "ignore"},
+    "paper": {"preset": "paper"},
+    "forget-3way": {"objective": "forget", "negative_below": 0.0},
+    "unlikelihood-3way": {"objective": "forget-unlikelihood", "negative_below": 0.0},
+    "npo-3way": {"objective": "forget-npo", "negative_below": 0.0},
+    "default": {},
+}
+METRICS = ("exact_match", "memorised_noise", "distinct_1", "distinct_2", "self_bleu", "perplexity", "token_auroc",
+           "example_auroc_min")
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class BenchConfig:
+    name: str = _f(None, f"Benchmark: {', '.join(BENCHMARKS)}.")
+    seeds: int = _f(1, "Seeds (0 .. seeds-1): data, reference folds and training all change with the seed.")
+    methods: str = _f(",".join(METHODS), "Comma-separated methods to compare.")
+    results: str = _f("results", "Results root; this benchmark writes results/NAME/.")
+    n_train: int = _f(200, "Training examples.")
+    n_test: int = _f(100, "Clean test questions.")
+    noise: float = _f(0.3, "Fraction of corrupted training examples.")
+    noise_kind: str = _f("random", "arith only: random or systematic.")
+    model: str | None = _f(None, "Local HF model dir (default: the embedded SmolLM2-135M-Instruct).")
+    epochs: float = _f(2.0, "Training epochs of every method and reference.")
+    batch_size: int = _f(8, "Training batch size.")
+    learning_rate: float = _f(5e-5, "Learning rate of every method.")
+    max_steps: int = _f(-1, "If > 0, cap every training (smoke runs).")
+    max_new_tokens: int = _f(24, "Generated tokens per answer.")
+    samples: int = _f(5, "Sampled answers per prompt for diversity.")
+    diversity_prompts: int = _f(10, "Prompts sampled for diversity.")
+
+
+def _donate(run: pipeline.Run, donors: list[Path]) -> None:
+    """Copy up-to-date upstream stages from sibling runs: same content hash, same result, no recompute."""
+    import shutil
+
+    from forgetune.io import stage_done
+
+    keys = {"reference": run.reference_key(), "score": run.score_key(), "partition": run.partition_key()}
+    for stage, key in keys.items():
+        if stage_done(run.stage_dir(stage), key):
+            continue
+        donor = next((d / stage for d in donors if stage_done(d / stage, key)), None)
+        if donor is not None:
+            shutil.rmtree(run.stage_dir(stage), ignore_errors=True)
+            shutil.copytree(donor, run.stage_dir(stage))
+
+
+def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ForgetuneError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    root = Path(cfg.results) / cfg.name
+    rows: list[dict[str, Any]] = []
+    for seed in range(cfg.seeds):
+        files = build_benchmark(cfg, seed, root / "data" / f"seed{seed}")
+        done_runs: list[Path] = []
+        for method in methods:
+            started = time.time()
+            log.info("[%s] seed %d: %s", cfg.name, seed, method)
+            eval_cfg = EvalConfig(data=str(files["test"]), extract=files["extract"], samples=cfg.samples,
+                                  diversity_prompts=cfg.diversity_prompts, max_new_tokens=cfg.max_new_tokens,
+                                  seed=seed)
+            run_dir = root / "runs" / f"seed{seed}" / method
+            if METHODS[method] is None:
+                base_dir = pipeline.resolve_model_path(cfg.model)
+                eval_cfg.target, eval_cfg.report = str(base_dir), str(run_dir / "eval.json")
+            else:
+                flags = {"model": cfg.model, "data": str(files["train"]), "output": str(run_dir), "seed": seed,
+                         "epochs": cfg.epochs, "reference_epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                         "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, **METHODS[method]}
+                run = pipeline.open_run(resolve(flags=flags))
+                _donate(run, done_runs)
+                pipeline.run_all(run)
+                done_runs.append(run_dir)
+                eval_cfg.target = str(run_dir)
+            results = evaluate(eval_cfg)
+            rows.append({"method": method, "seed": seed, "seconds": round(time.time() - started, 1),
+                         **{k: results.get(k) for k in METRICS}})
+            log.info("[%s] seed %d: %s exact match %.3f", cfg.name, seed, method, results["exact_match"])
+        write_outputs(cfg, root, rows, methods)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """Mean and std over seeds of each metric, per method (None where a metric does not apply)."""
+    table = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        entry: dict[str, Any] = {"method": method, "seeds": len(mine)}
+        for metric in METRICS:
+            values = [r[metric] for r in mine if r[metric] is not None]
+            entry[metric] = (float(np.mean(values)), float(np.std(values))) if values else None
+        table.append(entry)
+    return table
+
+
+def markdown_table(table: list[dict[str, Any]]) -> str:
+    header = "| method | seeds | " + " | ".join(METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
+    for entry in table:
+        cells = [f"{entry[m][0]:.3f} ± {entry[m][1]:.3f}" if entry[m] is not None else "—" for m in METRICS]
+        lines.append(f"| {entry['method']} | {entry['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(cfg: BenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
+    table = summarise(rows, methods)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(root / "results.csv", buffer.getvalue())
+    write_json(root / "results.json", {"config": cfg.__dict__, "runs": rows, "summary": table})
+    write_text(root / "results.md", f"# {cfg.name}\n\n" + markdown_table(table))
+    plot_accuracy(table, root / "accuracy.png", cfg.name)
+    histogram = next((root / "runs" / "seed0" / m for m in ("default", *methods)
+                      if (root / "runs" / "seed0" / m / "score" / "scores.npy").is_file()), None)
+    if histogram is not None:
+        plot_score_histogram(histogram, root / "scores.png")
+
+
+def plot_accuracy(table: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [e["method"] for e in table]
+    means = [100 * e["exact_match"][0] for e in table]
+    stds = [100 * e["exact_match"][1] for e in table]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+    ax.bar(names, means, yerr=stds, capsize=4, color="#4C72B0")
+    ax.set_ylabel("exact match (%)")
+    ax.set_title(f"{title}: accuracy per method (mean ± std over seeds)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_score_histogram(run_dir: Path, path: Path) -> None:
+    """Scores of clean vs corrupted tokens: how separable the noise is for this reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from forgetune.config import from_dict, load_yaml
+
+    run_cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+    run_cfg.output = str(run_dir)
+    run = pipeline.open_run(run_cfg)
+    scores = np.asarray(pipeline.load_scores(run))
+    corrupted, _ = corrupted_tokens(run, run.examples)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(np.percentile(scores, 0.5), np.percentile(scores, 99.5), 50)
+    ax.hist(scores[~corrupted], bins=bins, alpha=0.6, density=True, label=f"clean tokens ({(~corrupted).sum()})")
+    ax.hist(scores[corrupted], bins=bins, alpha=0.6, density=True, label=f"corrupted tokens ({corrupted.sum()})")
+    ax.set_xlabel("score = CE_base − CE_ref")
+    ax.set_ylabel("density")
+    ax.legend()
+    ax.set_title(f"token scores ({run_dir.name}, {run.cfg.reference.cross_fit}-fold reference)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
