@@ -69,7 +69,10 @@ class PartitionConfig:
     rho: float = _f(0.7, "Fraction of response tokens ranked positive (top scores).")
     granularity: str = _f("global", "Ranking scope: global (whole corpus), sequence (each example) or batch.")
     negative_below: float | None = _f(
-        None, "Three-way split: negatives only where score < this (e.g. 0); other non-positives are ignored."
+        None, "Three-way split: negatives only where score < this (e.g. 0); see `neutral` for the other tokens."
+    )
+    neutral: str = _f(
+        "ignore", "With negative_below: tokens neither positive nor negative are ignored (weight 0) or learned."
     )
 
 
@@ -122,6 +125,8 @@ class RunConfig:
             raise ForgetuneError(f"rho must be in [0, 1], got {p.rho}: pass e.g. --rho 0.7")
         if p.granularity not in ("global", "sequence", "batch"):
             raise ForgetuneError(f"granularity must be global, sequence or batch, got {p.granularity!r}")
+        if p.neutral not in ("ignore", "learn"):
+            raise ForgetuneError(f"neutral must be ignore or learn, got {p.neutral!r}")
         if p.negative_below is not None and not math.isfinite(p.negative_below):
             raise ForgetuneError(f"negative_below must be a finite number, got {p.negative_below}")
         for name in ("lambda_max", "lambda_min"):

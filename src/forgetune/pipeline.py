@@ -269,7 +269,8 @@ def partition(run: Run) -> dict[str, Any]:
     if np.isnan(scores).any():
         raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: NaN scores; rerun `forgetune score`")
     offsets = example_offsets(run.examples)
-    polarity = partition_polarity(scores, offsets, p.rho, p.granularity, run.cfg.train.batch_size, p.negative_below)
+    polarity = partition_polarity(scores, offsets, p.rho, p.granularity, run.cfg.train.batch_size, p.negative_below,
+                                  p.neutral)
     stage_dir = run.stage_dir("partition")
     stage_dir.mkdir(parents=True, exist_ok=True)
     save_npy(stage_dir / "polarity.npy", polarity)

@@ -227,7 +227,7 @@ def test_dump_load_from_dict_round_trip(tmp_path):
 def test_dump_yaml_is_sectioned():
     data = load_yaml_text(dump_yaml(RunConfig()))
     assert list(data)[:2] == ["output", "preset"]
-    assert data["partition"] == {"rho": 0.7, "granularity": "global", "negative_below": None}
+    assert data["partition"] == {"rho": 0.7, "granularity": "global", "negative_below": None, "neutral": "ignore"}
     assert data["data"]["data"] is None
 
 

@@ -216,3 +216,15 @@ def test_three_way_threshold_other_than_zero():
     """tau = -1, rho = 0.25 over [4, 0, -1, -3]: 4 positive; 0 and -1 are >= tau -> ignored; -3 -> negative."""
     polarity = partition_polarity(np.array([4.0, 0.0, -1.0, -3.0]), np.array([0, 4]), 0.25, negative_below=-1.0)
     assert polarity.tolist() == [1, 0, 0, -1]
+
+
+def test_three_way_neutral_learn_turns_ignored_into_positive():
+    """scores [3, 2, 0.5, -1], rho 0.5 -> positives {3, 2}; tau 0: -1 negative; 0.5 neutral -> learned (+1)."""
+    from forgetune.scoring.partition import partition_polarity
+
+    scores = np.array([3.0, 2.0, 0.5, -1.0])
+    offsets = np.array([0, 4])
+    ignore = partition_polarity(scores, offsets, 0.5, negative_below=0.0)
+    learn = partition_polarity(scores, offsets, 0.5, negative_below=0.0, neutral="learn")
+    assert ignore.tolist() == [1, 1, 0, -1]
+    assert learn.tolist() == [1, 1, 1, -1]

@@ -65,11 +65,13 @@ def partition_polarity(
     granularity: str = "global",
     batch_size: int = 16,
     negative_below: float | None = None,
+    neutral: str = "ignore",
 ) -> np.ndarray:
     """int8 per token: +1 positive, -1 negative, 0 ignored.
 
     Two-way (default): every non-positive token is negative. Three-way (`negative_below` = tau): a non-positive token is
-    negative only where its score < tau (the reference predicts it worse than the base); the others are ignored.
+    negative only where its score < tau (the reference predicts it worse than the base); the others (scores near 0:
+    "nothing to learn here", often format tokens) are ignored, or learned like positives with neutral="learn".
     """
     scores = np.asarray(scores)
     positive = np.zeros(scores.shape[0], dtype=bool)
@@ -78,5 +80,5 @@ def partition_polarity(
         positive[lo:hi] = partition_tokens(scores[lo:hi], rho)
     polarity = np.where(positive, POSITIVE, NEGATIVE).astype(np.int8)
     if negative_below is not None:
-        polarity[~positive & ~(scores < negative_below)] = IGNORED
+        polarity[~positive & ~(scores < negative_below)] = POSITIVE if neutral == "learn" else IGNORED
     return polarity
