@@ -10,7 +10,7 @@ import csv
 import io
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from forgetune import pipeline
 from forgetune.benchmarks import BENCHMARKS, build_benchmark
-from forgetune.config import resolve
+from forgetune.config import option, resolve
 from forgetune.errors import ForgetuneError
 from forgetune.evaluate import EvalConfig, corrupted_tokens, evaluate
 from forgetune.io import write_json, write_text
@@ -40,28 +40,24 @@ METRICS = ("exact_match", "memorised_noise", "distinct_1", "distinct_2", "self_b
            "example_auroc_min")
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class BenchConfig:
-    name: str = _f(None, f"Benchmark: {', '.join(BENCHMARKS)}.")
-    seeds: int = _f(1, "Seeds (0 .. seeds-1): data, reference folds and training all change with the seed.")
-    methods: str = _f(",".join(METHODS), "Comma-separated methods to compare.")
-    results: str = _f("results", "Results root; this benchmark writes results/NAME/.")
-    n_train: int = _f(200, "Training examples.")
-    n_test: int = _f(100, "Clean test questions.")
-    noise: float = _f(0.3, "Fraction of corrupted training examples.")
-    noise_kind: str = _f("random", "arith only: random or systematic.")
-    model: str | None = _f(None, "Local HF model dir (default: the embedded SmolLM2-135M-Instruct).")
-    epochs: float = _f(2.0, "Training epochs of every method and reference.")
-    batch_size: int = _f(8, "Training batch size.")
-    learning_rate: float = _f(5e-5, "Learning rate of every method.")
-    max_steps: int = _f(-1, "If > 0, cap every training (smoke runs).")
-    max_new_tokens: int = _f(24, "Generated tokens per answer.")
-    samples: int = _f(5, "Sampled answers per prompt for diversity.")
-    diversity_prompts: int = _f(10, "Prompts sampled for diversity.")
+    name: str = option(None, f"Benchmark: {', '.join(BENCHMARKS)}.")
+    seeds: int = option(1, "Seeds (0 .. seeds-1): data, reference folds and training all change with the seed.")
+    methods: str = option(",".join(METHODS), "Comma-separated methods to compare.")
+    results: str = option("results", "Results root; this benchmark writes results/NAME/.")
+    n_train: int = option(200, "Training examples.")
+    n_test: int = option(100, "Clean test questions.")
+    noise: float = option(0.3, "Fraction of corrupted training examples.")
+    noise_kind: str = option("random", "arith only: random or systematic.")
+    model: str | None = option(None, "Local HF model dir (default: the embedded SmolLM2-135M-Instruct).")
+    epochs: float = option(2.0, "Training epochs of every method and reference.")
+    batch_size: int = option(8, "Training batch size.")
+    learning_rate: float = option(5e-5, "Learning rate of every method.")
+    max_steps: int = option(-1, "If > 0, cap every training (smoke runs).")
+    max_new_tokens: int = option(24, "Generated tokens per answer.")
+    samples: int = option(5, "Sampled answers per prompt for diversity.")
+    diversity_prompts: int = option(10, "Prompts sampled for diversity.")
 
 
 def _donate(run: pipeline.Run, donors: list[Path]) -> None:
@@ -183,11 +179,7 @@ def plot_score_histogram(run_dir: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from forgetune.config import from_dict, load_yaml
-
-    run_cfg = from_dict(load_yaml(run_dir / "config.yaml"))
-    run_cfg.output = str(run_dir)
-    run = pipeline.open_run(run_cfg)
+    run = pipeline.reopen(run_dir)
     scores = np.asarray(pipeline.load_scores(run))
     corrupted, _ = corrupted_tokens(run, run.examples)
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -20,94 +20,95 @@ import yaml
 from forgetune.errors import ForgetuneError
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with its help text: the same text serves --help and the docs."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelConfig:
-    model: str | None = _f(None, "Local Hugging Face causal-LM directory. Default: the embedded SmolLM2-135M-Instruct.")
-    dtype: str = _f("float32", "Weights dtype for training and scoring: float32, bfloat16 or float16.")
-    lora: bool = _f(False, "Train LoRA adapters instead of all weights.")
-    lora_r: int = _f(16, "LoRA rank.")
-    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
-    lora_dropout: float = _f(0.05, "LoRA dropout.")
-    lora_target_modules: str = _f("all-linear", "Comma-separated module names, or 'all-linear'.")
-    merge_lora: bool = _f(True, "Merge LoRA weights into the saved model (else save the adapter only).")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    model: str | None = option(None, "Local Hugging Face causal-LM directory. Default: the embedded SmolLM2-135M.")
+    dtype: str = option("float32", "Weights dtype for training and scoring: float32, bfloat16 or float16.")
+    lora: bool = option(False, "Train LoRA adapters instead of all weights.")
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = option(0.05, "LoRA dropout.")
+    lora_target_modules: str = option("all-linear", "Comma-separated module names, or 'all-linear'.")
+    merge_lora: bool = option(True, "Merge LoRA weights into the saved model (else save the adapter only).")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
 
 
 @dataclass
 class DataConfig:
-    data: str | None = _f(None, "Training corpus: .jsonl, .json, .parquet or a datasets.save_to_disk folder.")
-    format: str = _f("auto", "Record format: auto, chat, prompt-completion or alpaca.")
-    max_length: int = _f(512, "Truncate tokenised examples to this many tokens (truncations are counted).")
-    system_prompt: str | None = _f(None, "System message prepended to every conversation that has none.")
+    data: str | None = option(None, "Training corpus: .jsonl, .json, .parquet or a datasets.save_to_disk folder.")
+    format: str = option("auto", "Record format: auto, chat, prompt-completion or alpaca.")
+    max_length: int = option(512, "Truncate tokenised examples to this many tokens (truncations are counted).")
+    system_prompt: str | None = option(None, "System message prepended to every conversation that has none.")
 
 
 @dataclass
 class ReferenceConfig:
-    reference_data: str | None = _f(
+    reference_data: str | None = option(
         None, "Separate trusted/curated file to train the reference on (the paper's setting); it scores all examples."
     )
-    cross_fit: int = _f(
+    cross_fit: int = option(
         2, "K >= 2: K references, each trained on all folds but one and scoring only that unseen fold. 1: off."
     )
-    reference_fraction: float = _f(0.3, "Without reference_data and cross_fit: fraction of the corpus to train on.")
-    reference_count: int | None = _f(None, "Like reference_fraction, as a number of examples (wins if set).")
-    reference_epochs: float = _f(2.0, "Epochs of plain SFT for the reference.")
-    reference_max_steps: int = _f(-1, "If > 0, stop the reference after this many optimizer steps.")
+    reference_fraction: float = option(0.3, "Without reference_data and cross_fit: fraction of the corpus to train on.")
+    reference_count: int | None = option(None, "Like reference_fraction, as a number of examples (wins if set).")
+    reference_epochs: float = option(2.0, "Epochs of plain SFT for the reference.")
+    reference_max_steps: int = option(-1, "If > 0, stop the reference after this many optimizer steps.")
 
 
 @dataclass
 class ScoreConfig:
-    score_batch_size: int = _f(16, "Examples per forward pass when scoring.")
+    score_batch_size: int = option(16, "Examples per forward pass when scoring.")
 
 
 @dataclass
 class PartitionConfig:
-    rho: float = _f(0.7, "Fraction of response tokens ranked positive (top scores).")
-    granularity: str = _f("global", "Ranking scope: global (whole corpus), sequence (each example) or batch.")
-    negative_below: float | None = _f(
+    rho: float = option(0.7, "Fraction of response tokens ranked positive (top scores).")
+    granularity: str = option("global", "Ranking scope: global (whole corpus), sequence (each example) or batch.")
+    negative_below: float | None = option(
         None, "Three-way split: negatives only where score < this (e.g. 0); see `neutral` for the other tokens."
     )
-    neutral: str = _f(
+    neutral: str = option(
         "ignore", "With negative_below: tokens neither positive nor negative are ignored (weight 0) or learned."
     )
 
 
 @dataclass
 class TrainConfig:
-    objective: str = _f("forget", "Training objective: sft, ignore, forget, forget-unlikelihood, forget-npo, ...")
-    lambda_max: float = _f(0.25, "Final weight of the negative term (lambda ramps linearly over the run).")
-    lambda_min: float = _f(0.0, "Initial weight of the negative term.")
-    npo_beta: float = _f(0.1, "Inverse temperature of the NPO-style negative term.")
-    learning_rate: float = _f(5e-5, "Peak learning rate (AdamW).")
-    lr_scheduler: str = _f("linear", "transformers learning-rate schedule name.")
-    warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up the learning rate.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    epochs: float = _f(2.0, "Training epochs.")
-    max_steps: int = _f(-1, "If > 0, stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = _f(16, "Examples per device per step.")
-    grad_accum: int = _f(1, "Gradient accumulation steps.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm (the forgetting term needs it on).")
-    logging_steps: int = _f(5, "Log losses every N steps.")
-    save_steps: int = _f(0, "If > 0, checkpoint every N steps so an interrupted stage resumes.")
-    seed: int = _f(42, "Seed of data order, subsets, folds and initialisation.")
+    objective: str = option("forget", "Training objective: sft, ignore, forget, forget-unlikelihood, forget-npo, ...")
+    lambda_max: float = option(0.25, "Final weight of the negative term (lambda ramps linearly over the run).")
+    lambda_min: float = option(0.0, "Initial weight of the negative term.")
+    npo_beta: float = option(0.1, "Inverse temperature of the NPO-style negative term.")
+    learning_rate: float = option(5e-5, "Peak learning rate (AdamW).")
+    lr_scheduler: str = option("linear", "transformers learning-rate schedule name.")
+    warmup_ratio: float = option(0.0, "Fraction of steps spent warming up the learning rate.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    epochs: float = option(2.0, "Training epochs.")
+    max_steps: int = option(-1, "If > 0, stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = option(16, "Examples per device per step.")
+    grad_accum: int = option(1, "Gradient accumulation steps.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (the forgetting term needs it on).")
+    logging_steps: int = option(5, "Log losses every N steps.")
+    save_steps: int = option(0, "If > 0, checkpoint every N steps so an interrupted stage resumes.")
+    seed: int = option(42, "Seed of data order, subsets, folds and initialisation.")
 
 
 @dataclass
 class GenerateConfig:
-    prompts: str | None = _f(None, "File of prompts (same formats as data); default: the first few corpus prompts.")
-    num_prompts: int = _f(5, "How many prompts to answer when none are given.")
-    max_new_tokens: int = _f(64, "Tokens to generate per answer (greedy).")
-    compare_base: bool = _f(False, "Also answer with the base model, side by side.")
+    prompts: str | None = option(None, "File of prompts (same formats as data); default: the first few corpus prompts.")
+    num_prompts: int = option(5, "How many prompts to answer when none are given.")
+    max_new_tokens: int = option(64, "Tokens to generate per answer (greedy).")
+    compare_base: bool = option(False, "Also answer with the base model, side by side.")
 
 
 @dataclass
 class RunConfig:
-    output: str | None = _f(None, "Run directory; every stage reads and writes there.")
-    preset: str | None = _f(None, "Named preset applied before YAML and flags (see forgetune.config.PRESETS).")
+    output: str | None = option(None, "Run directory; every stage reads and writes there.")
+    preset: str | None = option(None, "Named preset applied before YAML and flags (see forgetune.config.PRESETS).")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)

@@ -7,14 +7,14 @@ records with ``meta.corrupted`` and ``meta.clean_completion`` (the benchmarks wr
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from forgetune.config import from_dict, load_yaml
+from forgetune.config import option
 from forgetune.data.collator import response_positions
 from forgetune.data.formats import Record, load_records, tokenize_messages, tokenize_records
 from forgetune.errors import ForgetuneError
@@ -32,21 +32,17 @@ from forgetune.scoring.scorer import example_offsets, token_ce
 log = logging.getLogger(__name__)
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class EvalConfig:
-    target: str = _f(None, "A run directory (its model/) or a Hugging Face model directory.")
-    data: str = _f(None, "Test file: prompts with reference answers (any forgetune data format).")
-    extract: str = _f("last-number", f"Answer extraction: {', '.join(MODES)}.")
-    samples: int = _f(5, "Sampled answers per prompt (temperature 1) for diversity; 0 skips diversity.")
-    diversity_prompts: int = _f(20, "How many test prompts to sample for diversity.")
-    max_new_tokens: int = _f(64, "Tokens to generate per answer.")
-    batch_size: int = _f(16, "Prompts per generation batch.")
-    seed: int = _f(0, "Seed of the sampled answers.")
-    report: str | None = _f(None, "Where to write the JSON results (default: RUN/eval.json for a run directory).")
+    target: str = option(None, "A run directory (its model/) or a Hugging Face model directory.")
+    data: str = option(None, "Test file: prompts with reference answers (any forgetune data format).")
+    extract: str = option("last-number", f"Answer extraction: {', '.join(MODES)}.")
+    samples: int = option(5, "Sampled answers per prompt (temperature 1) for diversity; 0 skips diversity.")
+    diversity_prompts: int = option(20, "How many test prompts to sample for diversity.")
+    max_new_tokens: int = option(64, "Tokens to generate per answer.")
+    batch_size: int = option(16, "Prompts per generation batch.")
+    seed: int = option(0, "Seed of the sampled answers.")
+    report: str | None = option(None, "Where to write the JSON results (default: RUN/eval.json for a run directory).")
 
 
 def _split(record: Record) -> tuple[list[dict[str, str]], str]:
@@ -146,9 +142,7 @@ def run_metrics(run_dir: Path, model, cfg: EvalConfig) -> dict[str, float]:
     """Memorised noise and noise detection, from the run's training data and scores."""
     from forgetune import pipeline
 
-    run_cfg = from_dict(load_yaml(run_dir / "config.yaml"))
-    run_cfg.output = str(run_dir)  # the run may have been moved or copied
-    run = pipeline.open_run(run_cfg)
+    run = pipeline.reopen(run_dir)
     out: dict[str, float] = {}
     noisy = [ex for ex in run.examples if ex.meta.get("corrupted")]
     if noisy:

@@ -28,7 +28,7 @@ import numpy as np
 from accelerate import PartialState
 
 from forgetune import objectives
-from forgetune.config import RunConfig, dump_yaml
+from forgetune.config import RunConfig, dump_yaml, from_dict, load_yaml
 from forgetune.data.collator import make_features
 from forgetune.data.formats import Example, load_examples, load_records
 from forgetune.errors import ForgetuneError
@@ -129,6 +129,13 @@ def open_run(cfg: RunConfig) -> Run:
     log.info("data: %d examples, %d response tokens (%d truncated, %d skipped empty)", counts["examples"],
              sum(ex.num_response_tokens for ex in examples), counts["truncated"], counts["skipped_empty"])
     return Run(cfg, run_dir, model_path, tokenizer, examples, counts, data_key)
+
+
+def reopen(run_dir: Path) -> Run:
+    """The Run of an existing run directory, from its saved config (the directory may have been moved)."""
+    cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+    cfg.output = str(run_dir)
+    return open_run(cfg)
 
 
 def _finish(run: Run, stage: str, key: str, started: float, **info: Any) -> dict[str, Any]:
