@@ -165,6 +165,7 @@ def plot_accuracy(table: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
     ax.bar(names, means, yerr=stds, capsize=4, color="#4C72B0")
     ax.set_ylabel("exact match (%)")
+    ax.set_ylim(0, 100)
     ax.set_title(f"{title}: accuracy per method (mean ± std over seeds)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()

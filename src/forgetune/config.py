@@ -83,6 +83,10 @@ class TrainConfig:
     lambda_max: float = option(0.25, "Final weight of the negative term (lambda ramps linearly over the run).")
     lambda_min: float = option(0.0, "Initial weight of the negative term.")
     npo_beta: float = option(0.1, "Inverse temperature of the NPO-style negative term.")
+    negative_mean: str = option(
+        "negatives", "Normaliser of the negative term: 'negatives' (mean over the batch's negatives, the paper's) or "
+        "'tokens' (sum over negatives / all scored tokens: each negative weighs lambda times a positive)."
+    )
     learning_rate: float = option(5e-5, "Peak learning rate (AdamW).")
     lr_scheduler: str = option("linear", "transformers learning-rate schedule name.")
     warmup_ratio: float = option(0.0, "Fraction of steps spent warming up the learning rate.")
@@ -136,6 +140,8 @@ class RunConfig:
                 raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")
         if t.lambda_min > t.lambda_max:
             raise ForgetuneError(f"lambda_min ({t.lambda_min}) must not exceed lambda_max ({t.lambda_max})")
+        if t.negative_mean not in ("negatives", "tokens"):
+            raise ForgetuneError(f"negative_mean must be negatives or tokens, got {t.negative_mean!r}")
         r = self.reference
         if r.cross_fit < 1:
             raise ForgetuneError(f"cross_fit must be >= 1, got {r.cross_fit}")

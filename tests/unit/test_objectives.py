@@ -299,3 +299,17 @@ def test_npo_lambda_ramp():
     loss, m = obj(leaf([1.0, 3.0]), tokens, 0.5)
     assert m["lambda"] == pytest.approx(0.2)
     assert loss.item() == pytest.approx(1.0 + 0.4 * LN2, rel=1e-6)
+
+
+def test_negative_mean_tokens_weighs_each_token_equally():
+    """ce = [1, 2, 3, 4], polarity [+1, +1, +1, -1], lambda 0.5 (progress 1, lambda_min = lambda_max = 0.5).
+
+    'negatives': mean_pos - 0.5 * mean_neg = 2 - 0.5 * 4 = 0.0
+    'tokens':   (1 + 2 + 3 - 0.5 * 4) / 4 = 4 / 4 = 1.0
+    """
+    ce = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    tokens = TokenBatch(polarity=torch.tensor([1, 1, 1, -1]))
+    per_negative = build("forget", lambda_min=0.5, lambda_max=0.5)
+    per_token = build("forget", lambda_min=0.5, lambda_max=0.5, negative_mean="tokens")
+    assert per_negative(ce, tokens, 1.0)[0].item() == pytest.approx(0.0)
+    assert per_token(ce, tokens, 1.0)[0].item() == pytest.approx(1.0)

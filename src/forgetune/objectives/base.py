@@ -45,12 +45,12 @@ class PositiveNegativeObjective(Objective):
 
     needs_partition = True
 
-    def __init__(self, lambda_min: float = 0.0, lambda_max: float = 0.25):
-        self.lambda_min, self.lambda_max = lambda_min, lambda_max
+    def __init__(self, lambda_min: float = 0.0, lambda_max: float = 0.25, negative_mean: str = "negatives"):
+        self.lambda_min, self.lambda_max, self.negative_mean = lambda_min, lambda_max, negative_mean
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Objective:
-        return cls(lambda_min=cfg.lambda_min, lambda_max=cfg.lambda_max)
+        return cls(lambda_min=cfg.lambda_min, lambda_max=cfg.lambda_max, negative_mean=cfg.negative_mean)
 
     def negative_term(self, ce: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
         """Per-token value to *add* (times lambda) for negative tokens."""
@@ -60,8 +60,14 @@ class PositiveNegativeObjective(Objective):
         pos, neg = tokens.polarity == 1, tokens.polarity == -1
         lam = linear_ramp(progress, self.lambda_min, self.lambda_max)
         pos_ce = masked_mean(ce, pos)
-        neg_term = masked_mean(self.negative_term(ce, tokens), neg)
-        loss = pos_ce + lam * neg_term
+        neg_values = self.negative_term(ce, tokens)
+        neg_term = masked_mean(neg_values, neg)
+        if self.negative_mean == "tokens":
+            # With few negatives (three-way split) the per-negative mean gives each one many times a positive's weight.
+            scored = (pos | neg).sum().clamp(min=1)
+            loss = ((ce * pos).sum() + lam * (neg_values * neg).sum()) / scored
+        else:
+            loss = pos_ce + lam * neg_term
         return loss, {
             "ce_pos": pos_ce.item(),
             "ce_neg": masked_mean(ce.detach(), neg).item(),

@@ -16,13 +16,13 @@ from forgetune.objectives.base import PositiveNegativeObjective
 class ForgetNPO(PositiveNegativeObjective):
     needs_base_ce = True
 
-    def __init__(self, lambda_min=0.0, lambda_max=0.25, beta=0.1):
-        super().__init__(lambda_min, lambda_max)
+    def __init__(self, lambda_min=0.0, lambda_max=0.25, negative_mean="negatives", beta=0.1):
+        super().__init__(lambda_min, lambda_max, negative_mean)
         self.beta = beta
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(lambda_min=cfg.lambda_min, lambda_max=cfg.lambda_max, beta=cfg.npo_beta)
+        return cls(cfg.lambda_min, cfg.lambda_max, cfg.negative_mean, beta=cfg.npo_beta)
 
     def negative_term(self, ce, tokens):
         return -(2.0 / self.beta) * F.logsigmoid(self.beta * (ce - tokens.base_ce))
