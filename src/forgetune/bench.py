@@ -29,12 +29,11 @@ log = logging.getLogger(__name__)
 METHODS: dict[str, dict[str, Any] | None] = {
     "base": None,
     "sft": {"objective": "sft"},
-    "ignore": {"objective": "ignore"},
+    "ignore": {"objective": "ignore", "negative_below": None},  # the paper's ignore: drop every non-positive token
     "paper": {"preset": "paper"},
-    "forget-3way": {"objective": "forget", "negative_below": 0.0},
-    "unlikelihood-3way": {"objective": "forget-unlikelihood", "negative_below": 0.0},
-    "npo-3way": {"objective": "forget-npo", "negative_below": 0.0},
-    "default": {},
+    "forget-3way": {"objective": "forget", "neutral": "ignore", "negative_mean": "negatives"},
+    "unlikelihood": {"objective": "forget-unlikelihood"},
+    "default": {},  # forget-npo, three-way split at 0, neutral tokens learned, per-token weighting
 }
 METRICS = ("exact_match", "memorised_noise", "distinct_1", "distinct_2", "self_bleu", "perplexity", "token_auroc",
            "example_auroc_min")

@@ -70,21 +70,21 @@ class PartitionConfig:
     rho: float = option(0.7, "Fraction of response tokens ranked positive (top scores).")
     granularity: str = option("global", "Ranking scope: global (whole corpus), sequence (each example) or batch.")
     negative_below: float | None = option(
-        None, "Three-way split: negatives only where score < this (e.g. 0); see `neutral` for the other tokens."
+        0.0, "Three-way split: negatives only where score < this (e.g. 0); see `neutral` for the other tokens."
     )
     neutral: str = option(
-        "ignore", "With negative_below: tokens neither positive nor negative are ignored (weight 0) or learned."
+        "learn", "With negative_below: tokens neither positive nor negative are ignored (weight 0) or learned."
     )
 
 
 @dataclass
 class TrainConfig:
-    objective: str = option("forget", "Training objective: sft, ignore, forget, forget-unlikelihood, forget-npo, ...")
+    objective: str = option("forget-npo", "Training objective: sft, ignore, forget, forget-unlikelihood, forget-npo.")
     lambda_max: float = option(0.25, "Final weight of the negative term (lambda ramps linearly over the run).")
     lambda_min: float = option(0.0, "Initial weight of the negative term.")
     npo_beta: float = option(0.1, "Inverse temperature of the NPO-style negative term.")
     negative_mean: str = option(
-        "negatives", "Normaliser of the negative term: 'negatives' (mean over the batch's negatives, the paper's) or "
+        "tokens", "Normaliser of the negative term: 'negatives' (mean over the batch's negatives, the paper's) or "
         "'tokens' (sum over negatives / all scored tokens: each negative weighs lambda times a positive)."
     )
     learning_rate: float = option(5e-5, "Peak learning rate (AdamW).")
@@ -165,8 +165,9 @@ TOP_LEVEL = ("output", "preset")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "reference": {"cross_fit": 1, "reference_fraction": 0.3},
-        "partition": {"rho": 0.7, "granularity": "global", "negative_below": None},
-        "train": {"objective": "forget", "lambda_max": 0.25, "lambda_min": 0.0, "max_grad_norm": 1.0},
+        "partition": {"rho": 0.7, "granularity": "global", "negative_below": None, "neutral": "ignore"},
+        "train": {"objective": "forget", "lambda_max": 0.25, "lambda_min": 0.0, "max_grad_norm": 1.0,
+                  "negative_mean": "negatives"},
     },
 }
 

@@ -34,7 +34,8 @@ def marker_key(out: Path, stage: str) -> str:
 
 def test_run_end_to_end_forget(tiny_model_dir, arith_jsonl, tmp_path):
     out = tmp_path / "run"
-    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--objective", "forget", "--rho", "0.7")) == 0
+    two_way = ["--objective", "forget", "--rho", "0.7", "--negative-below", "none"]
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, *two_way)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["stages"]) == {"reference", "score", "partition", "train"}
     assert summary["stages"]["reference"]["references"] == 2  # cross-fit 2 is the default
@@ -57,7 +58,7 @@ def test_run_end_to_end_forget(tiny_model_dir, arith_jsonl, tmp_path):
 
 def test_rerun_skips_unchanged_stages_and_redoes_changed(tiny_model_dir, arith_jsonl, tmp_path, capsys):
     out = tmp_path / "run"
-    args = base_args(tiny_model_dir, arith_jsonl, out)
+    args = base_args(tiny_model_dir, arith_jsonl, out, "--negative-below", "none")
     assert run_cli("run", *args) == 0
     keys = {s: marker_key(out, s) for s in ("reference", "score", "partition", "train")}
     mtimes = {s: (out / s / DONE_MARKER).stat().st_mtime_ns for s in keys}
@@ -71,6 +72,18 @@ def test_rerun_skips_unchanged_stages_and_redoes_changed(tiny_model_dir, arith_j
     assert marker_key(out, "train") != keys["train"]
     polarity = np.load(out / "partition" / "polarity.npy")
     assert (polarity == 1).sum() == int(0.5 * polarity.size)
+
+
+def test_default_partition_forgets_only_below_zero_and_learns_the_rest(tiny_model_dir, arith_jsonl, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out)) == 0
+    scores = np.load(out / "score" / "scores.npy")
+    polarity = np.load(out / "partition" / "polarity.npy")
+    top = np.sort(scores)[::-1][int(0.7 * scores.size) - 1]  # the smallest top-rho score
+    assert set(np.unique(polarity)) <= {-1, 1}  # neutral tokens are learned, none ignored
+    assert np.array_equal(polarity == -1, (scores < 0) & (scores < top))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"]["train"]["objective"] == "forget-npo"
 
 
 def test_stages_one_by_one_and_generate(tiny_model_dir, arith_jsonl, tmp_path, capsys):
@@ -267,19 +280,19 @@ def test_bench_writes_tables_and_plots(tiny_model_dir, tmp_path, capsys):
     results = tmp_path / "results"
     code = run_cli("bench", "arith", "--model", tiny_model_dir, "--results", results, "--n-train", "16",
                    "--n-test", "4", "--max-steps", "1", "--batch-size", "4", "--samples", "2",
-                   "--diversity-prompts", "2", "--max-new-tokens", "4", "--methods", "base,sft,paper,npo-3way",
+                   "--diversity-prompts", "2", "--max-new-tokens", "4", "--methods", "base,sft,paper,default",
                    "--quiet")
     assert code == 0
     root = results / "arith"
     for name in ("results.csv", "results.json", "results.md", "accuracy.png", "scores.png"):
         assert (root / name).is_file(), name
     data = json.loads((root / "results.json").read_text())
-    assert [r["method"] for r in data["runs"]] == ["base", "sft", "paper", "npo-3way"]
-    assert "| npo-3way | 1 |" in (root / "results.md").read_text()
+    assert [r["method"] for r in data["runs"]] == ["base", "sft", "paper", "default"]
+    assert "| default | 1 |" in (root / "results.md").read_text()
     assert "| base | 1 |" in capsys.readouterr().out
-    npo = root / "runs" / "seed0" / "npo-3way"
+    npo = root / "runs" / "seed0" / "default"
     assert json.loads((npo / "eval.json").read_text())["token_auroc"] is not None
-    # npo-3way and paper differ in the reference setting; npo-3way got its scores from a shared cross-fit reference
+    # default and paper differ in their reference setting (cross-fit vs subset): both were scored
     assert (npo / "score" / "scores.npy").is_file()
 
 

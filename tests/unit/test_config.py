@@ -35,8 +35,10 @@ def write_yaml(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
 def test_defaults():
     cfg = resolve()
     assert cfg == RunConfig()
-    assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", negative_below=None)
-    assert (cfg.train.objective, cfg.train.lambda_min, cfg.train.lambda_max) == ("forget", 0.0, 0.25)
+    # forgetune's defaults (docs/demo.md): three-way split at 0, neutral tokens learned, bounded NPO term per token.
+    assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", negative_below=0.0, neutral="learn")
+    assert (cfg.train.objective, cfg.train.lambda_min, cfg.train.lambda_max) == ("forget-npo", 0.0, 0.25)
+    assert cfg.train.negative_mean == "tokens"
     assert cfg.reference.cross_fit == 2
     assert cfg.data == DataConfig(data=None, format="auto", max_length=512, system_prompt=None)
     assert cfg.preset is None and cfg.output is None
@@ -75,8 +77,8 @@ def test_paper_preset_values():
     cfg = resolve(flags={"preset": "paper"})
     assert cfg.reference.cross_fit == 1
     assert cfg.reference.reference_fraction == 0.3
-    assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", negative_below=None)
-    assert cfg.train.objective == "forget"
+    assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", negative_below=None, neutral="ignore")
+    assert cfg.train.objective == "forget" and cfg.train.negative_mean == "negatives"
     assert (cfg.train.lambda_min, cfg.train.lambda_max, cfg.train.max_grad_norm) == (0.0, 0.25, 1.0)
     assert set(PRESETS) >= {"paper"}
 
@@ -227,7 +229,7 @@ def test_dump_load_from_dict_round_trip(tmp_path):
 def test_dump_yaml_is_sectioned():
     data = load_yaml_text(dump_yaml(RunConfig()))
     assert list(data)[:2] == ["output", "preset"]
-    assert data["partition"] == {"rho": 0.7, "granularity": "global", "negative_below": None, "neutral": "ignore"}
+    assert data["partition"] == {"rho": 0.7, "granularity": "global", "negative_below": 0.0, "neutral": "learn"}
     assert data["data"]["data"] is None
 
 

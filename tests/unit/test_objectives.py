@@ -17,6 +17,8 @@ LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
 
 
 def build(objective: str, **kw):
+    """The hand computations below use the paper's per-negative mean unless a test says otherwise."""
+    kw.setdefault("negative_mean", "negatives")
     return objectives.build(TrainConfig(objective=objective, **kw))
 
 
