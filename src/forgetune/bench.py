@@ -108,7 +108,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
             rows.append({"method": method, "seed": seed, "seconds": round(time.time() - started, 1),
                          **{k: results.get(k) for k in METRICS}})
             log.info("[%s] seed %d: %s exact match %.3f", cfg.name, seed, method, results["exact_match"])
-        write_outputs(cfg, root, rows, methods)
+            write_outputs(cfg, root, rows, methods)  # after every method: an interrupted bench keeps its results
     return rows
 
 
