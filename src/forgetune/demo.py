@@ -15,6 +15,7 @@ import numpy as np
 from forgetune import pipeline
 from forgetune.benchmarks.arith import make_arith
 from forgetune.data.collator import response_positions
+from forgetune.evaluate import corrupted_tokens
 from forgetune.generation import generate_answers
 from forgetune.metrics.accuracy import exact_match
 from forgetune.models import load_for_inference, load_model
@@ -48,15 +49,14 @@ def _marked(tokenizer, ex, polarity: np.ndarray) -> str:
 def split_report(run: pipeline.Run) -> None:
     polarity = np.asarray(pipeline.load_polarity(run))
     offsets = pipeline.example_offsets(run.examples)
-    corrupted = np.array([bool(ex.meta.get("corrupted")) for ex in run.examples])
-    per_token_corrupted = np.repeat(corrupted, np.diff(offsets))
+    wrong_tokens, corrupted = corrupted_tokens(run, run.examples)
     neg = polarity == NEGATIVE
     print("\n== token split")
     print(f"   {int((polarity == POSITIVE).sum())} positive, {int(neg.sum())} negative, "
           f"{int((polarity == 0).sum())} ignored of {polarity.size} response tokens")
-    if corrupted.any():
-        print(f"   negative: {neg[per_token_corrupted].mean():.1%} of the tokens of wrong answers, "
-              f"{neg[~per_token_corrupted].mean():.1%} of the tokens of correct answers")
+    if wrong_tokens.any():
+        print(f"   negative: {neg[wrong_tokens].mean():.1%} of the {int(wrong_tokens.sum())} wrong tokens (those that "
+              f"differ from the true answer), {neg[~wrong_tokens].mean():.1%} of the other tokens")
     print("   examples (negatives in [brackets], ignored in (parentheses)):")
     shown = [i for i in range(len(run.examples)) if corrupted[i]][:3] + [i for i in range(len(run.examples))
                                                                           if not corrupted[i]][:2]

@@ -86,7 +86,7 @@ class Run:
         r = self.cfg.reference
         return hash_obj(
             "reference", self.data_key, dataclasses.asdict(r), dataclasses.asdict(self.cfg.model),
-            {k: getattr(self.cfg.train, k) for k in OPTIM_FIELDS}, self._reference_steps(),
+            {k: getattr(self.cfg.train, k) for k in OPTIM_FIELDS}, self.reference_steps(),
             fingerprint_path(r.reference_data) if r.reference_data else None,
         )
 
@@ -105,7 +105,7 @@ class Run:
     def objective(self) -> objectives.Objective:
         return objectives.build(self.cfg.train)
 
-    def _reference_steps(self) -> tuple[float, int]:
+    def reference_steps(self) -> tuple[float, int]:
         """(epochs, max_steps) of each reference: its own max_steps, else the final run's, else its epochs."""
         r, t = self.cfg.reference, self.cfg.train
         return r.reference_epochs, r.reference_max_steps if r.reference_max_steps > 0 else t.max_steps
@@ -184,7 +184,7 @@ def reference(run: Run) -> dict[str, Any]:
     started, stage_dir = time.time(), run.stage_dir("reference")
     stage_dir.mkdir(parents=True, exist_ok=True)
     plan = reference_plan(run)
-    epochs, max_steps = run._reference_steps()
+    epochs, max_steps = run.reference_steps()
     sft = objectives.build(dataclasses.replace(run.cfg.train, objective="sft"))
     for k, part in enumerate(plan):
         fold_key = hash_obj(key, k)

@@ -299,3 +299,13 @@ def test_bench_writes_tables_and_plots(tiny_model_dir, tmp_path, capsys):
 def test_bench_rejects_unknown_method(tiny_model_dir, tmp_path, capsys):
     assert run_cli("bench", "arith", "--model", tiny_model_dir, "--results", tmp_path, "--methods", "sft,magic") == 2
     assert "unknown method(s) magic" in capsys.readouterr().err
+
+
+def test_demo_runs_and_prints_split_and_answers(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--model", tiny_model_dir, "--output", out, "--max-steps", "1", "--batch-size", "8",
+                   "--max-new-tokens", "3", "--quiet") == 0
+    printed = capsys.readouterr().out
+    assert "== token split" in printed and "wrong tokens" in printed
+    assert "exact match: base" in printed and "== stages" in printed
+    assert set(json.loads((out / "demo_eval.json").read_text())) == {"base", "trained"}
