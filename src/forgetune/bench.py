@@ -60,19 +60,22 @@ class BenchConfig:
 
 
 def _donate(run: pipeline.Run, donors: list[Path]) -> None:
-    """Copy up-to-date upstream stages from sibling runs: same content hash, same result, no recompute."""
+    """Copy the upstream stages this run needs from sibling runs with the same content hash: same result, no
+    recompute. Each copy lands atomically, so an interrupted bench never sees a half-copied stage as done."""
     import shutil
 
-    from forgetune.io import stage_done
+    from forgetune.io import atomic_path, stage_done
 
+    if not run.objective().needs_partition:
+        return
     keys = {"reference": run.reference_key(), "score": run.score_key(), "partition": run.partition_key()}
     for stage, key in keys.items():
         if stage_done(run.stage_dir(stage), key):
             continue
         donor = next((d / stage for d in donors if stage_done(d / stage, key)), None)
         if donor is not None:
-            shutil.rmtree(run.stage_dir(stage), ignore_errors=True)
-            shutil.copytree(donor, run.stage_dir(stage))
+            with atomic_path(run.stage_dir(stage), is_dir=True) as tmp:
+                shutil.copytree(donor, tmp, dirs_exist_ok=True)
 
 
 def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:

@@ -148,11 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_bench(cfg)
             print((Path(cfg.results) / cfg.name / "results.md").read_text())
             return 0
+        base = None
         if command == "demo":
             from forgetune.demo import demo_flags
 
-            args = {**demo_flags(), **args}
-        cfg = resolve(yaml_path, args)
+            base = demo_flags()
+        cfg = resolve(yaml_path, args, base)
+        from accelerate import PartialState
+
+        if PartialState().num_processes > 1 and command != "train":
+            raise ForgetuneError(
+                f"`forgetune {command}` runs in one process; under `accelerate launch` with several processes only "
+                "`forgetune train` is supported (run reference, score and partition first)"
+            )
         execute(command, cfg)
     except ForgetuneError as e:
         print(f"forgetune: error: {e}", file=sys.stderr)

@@ -68,7 +68,10 @@ class ScoreConfig:
 @dataclass
 class PartitionConfig:
     rho: float = option(0.7, "Fraction of response tokens ranked positive (top scores).")
-    granularity: str = option("global", "Ranking scope: global (whole corpus), sequence (each example) or batch.")
+    granularity: str = option(
+        "global", "Ranking scope: global (whole corpus), sequence (each example) or batch (runs of batch_size "
+        "consecutive examples in corpus order, not the shuffled training batches)."
+    )
     negative_below: float | None = option(
         0.0, "Three-way split: negatives only where score < this (e.g. 0); see `neutral` for the other tokens."
     )
@@ -140,6 +143,17 @@ class RunConfig:
                 raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")
         if t.lambda_min > t.lambda_max:
             raise ForgetuneError(f"lambda_min ({t.lambda_min}) must not exceed lambda_max ({t.lambda_max})")
+        if not (math.isfinite(t.npo_beta) and t.npo_beta > 0):
+            raise ForgetuneError(f"npo_beta must be > 0, got {t.npo_beta}")
+        if not 0.0 <= t.warmup_ratio < 1.0:
+            raise ForgetuneError(f"warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+        if t.logging_steps < 1:
+            raise ForgetuneError(f"logging_steps must be >= 1, got {t.logging_steps}")
+        from transformers import SchedulerType
+
+        schedulers = [s.value for s in SchedulerType]
+        if t.lr_scheduler not in schedulers:
+            raise ForgetuneError(f"unknown lr_scheduler {t.lr_scheduler!r}; choose one of {', '.join(schedulers)}")
         if t.negative_mean not in ("negatives", "tokens"):
             raise ForgetuneError(f"negative_mean must be negatives or tokens, got {t.negative_mean!r}")
         r = self.reference
@@ -226,6 +240,8 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str) -> R
     """Set fields from a flat {field: value} or sectioned {section: {field: value}} mapping."""
     index = field_index()
     for key, value in overrides.items():
+        if key in SECTIONS and value is None and source != "command line":
+            continue  # an empty YAML section (every key commented out)
         if key in SECTIONS and isinstance(value, dict):  # a section (`data:` is also a field: the corpus path)
             for sub_key, sub_value in value.items():
                 info = index.get(sub_key)
@@ -256,12 +272,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(yaml_path: str | Path | None = None, flags: dict[str, Any] | None = None) -> RunConfig:
-    """defaults < preset < YAML < flags, then validation."""
+def resolve(yaml_path: str | Path | None = None, flags: dict[str, Any] | None = None,
+            base: dict[str, Any] | None = None) -> RunConfig:
+    """defaults < base (e.g. the demo's settings) < preset < YAML < flags, then validation."""
     flags = dict(flags or {})
     file_values = load_yaml(yaml_path) if yaml_path else {}
     preset = flags.get("preset") or file_values.get("preset")
-    cfg = RunConfig()
+    cfg = apply_overrides(RunConfig(), base or {}, "base settings")
     if preset:
         if preset not in PRESETS:
             raise ForgetuneError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")

@@ -96,9 +96,10 @@ def detection(run) -> dict[str, float]:
     token_labels, example_labels = corrupted_tokens(run, run.examples)
     if not token_labels.any() or token_labels.all():
         return {}
-    out = {"token_auroc": detection_auroc(scores, token_labels),
-           "example_auroc_min": detection_auroc(example_scores(scores, example_offsets(run.examples), "min"),
-                                                example_labels)}
+    out = {"token_auroc": detection_auroc(scores, token_labels)}
+    if 0 < example_labels.sum() < example_labels.size:  # undefined when every example (or none) is corrupted
+        per_example = example_scores(scores, example_offsets(run.examples), "min")
+        out["example_auroc_min"] = detection_auroc(per_example, example_labels)
     if (run.dir / "partition" / "polarity.npy").is_file():
         negative = np.asarray(pipeline.load_polarity(run)) == NEGATIVE
         out["token_precision"], out["token_recall"] = precision_recall(negative, token_labels)

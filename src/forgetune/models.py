@@ -103,17 +103,27 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def device() -> torch.device:
+    """This process's accelerator (its own GPU under `accelerate launch`), else the CPU."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
 def load_model(path: Path, dtype: str = "float32") -> PreTrainedModel:
+    """A local causal LM on this process's device (scoring and generation run where training would)."""
     try:
         AutoConfig.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError) as e:
         raise ForgetuneError(f"{path}: cannot load a causal language model ({str(e).splitlines()[0]})") from None
-    return model
+    return model.to(device())
 
 
 def load_trainable(path: Path, cfg: ModelConfig) -> PreTrainedModel:
     """The model to fine-tune: full weights, or LoRA adapters on a frozen copy."""
+    if cfg.dtype == "float16":
+        raise ForgetuneError("training in float16 has no loss scaling here: use --dtype bfloat16 or float32")
     model = load_model(path, cfg.dtype)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
@@ -126,7 +136,10 @@ def load_trainable(path: Path, cfg: ModelConfig) -> PreTrainedModel:
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora_config)
+        try:
+            model = get_peft_model(model, lora_config)
+        except ValueError as e:
+            raise ForgetuneError(f"LoRA: {str(e).splitlines()[0]} (check --lora-target-modules)") from None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
@@ -152,5 +165,5 @@ def load_for_inference(path: Path, dtype: str = "float32") -> PreTrainedModel:
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).merge_and_unload()
+        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).merge_and_unload().to(device())
     return load_model(path, dtype)

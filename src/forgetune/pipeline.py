@@ -117,6 +117,8 @@ def open_run(cfg: RunConfig) -> Run:
     if not cfg.data.data:
         raise ForgetuneError("no training data: pass --data FILE (.jsonl, .json, .parquet or a datasets folder)")
     objectives.build(cfg.train)  # fail early on an unknown objective
+    if cfg.reference.reference_data and not Path(cfg.reference.reference_data).exists():
+        raise ForgetuneError(f"{cfg.reference.reference_data}: reference data file not found")
     run_dir = Path(cfg.output)
     model_path = resolve_model_path(cfg.model.model)
     tokenizer = load_tokenizer(model_path)
@@ -150,6 +152,7 @@ def _skip(run: Run, stage: str, key: str) -> dict[str, Any] | None:
     if stage_done(stage_dir, key):
         log.info("%s: up to date, skipped", stage)
         return read_json(stage_dir / DONE_MARKER)
+    (stage_dir / DONE_MARKER).unlink(missing_ok=True)  # about to overwrite: never leave an old claim behind
     return None
 
 
@@ -200,10 +203,9 @@ def reference(run: Run) -> dict[str, Any]:
         log.info("reference %d/%d: SFT on %d examples", k + 1, len(plan), len(train_examples))
         model = load_trainable(run.model_path, run.cfg.model)
         model, _ = fit(model, run.tokenizer, make_features(train_examples), sft, run.cfg.train,
-                       stage_dir / f"work-{k}", epochs=epochs, max_steps=max_steps)
-        if PartialState().is_main_process:
-            save_model(model, run.tokenizer, model_dir, merge_lora=True)
-            mark_done(stage_dir / f"fold-{k}", fold_key)
+                       stage_dir / f"work-{k}", key=fold_key, epochs=epochs, max_steps=max_steps)
+        save_model(model, run.tokenizer, model_dir, merge_lora=True)
+        mark_done(stage_dir / f"fold-{k}", fold_key)
     write_json(stage_dir / "plan.json", plan)
     return _finish(run, "reference", key, started, references=len(plan),
                    mode="reference_data" if run.cfg.reference.reference_data
@@ -271,6 +273,8 @@ def partition(run: Run) -> dict[str, Any]:
     key = run.partition_key()
     if (done := _skip(run, "partition", key)) is not None:
         return done
+    if not stage_done(run.stage_dir("score"), run.score_key()):
+        raise ForgetuneError(f"{run.stage_dir('score')}: no up-to-date scores; run `forgetune score` first")
     started, p = time.time(), run.cfg.partition
     scores = np.asarray(load_scores(run))
     if np.isnan(scores).any():
@@ -323,16 +327,20 @@ def train(run: Run) -> dict[str, Any]:
     stage_dir = run.stage_dir("train")
     stage_dir.mkdir(parents=True, exist_ok=True)
     model = load_trainable(run.model_path, cfg.model)
-    model, history = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir)
-    if not PartialState().is_main_process:
+    model, history = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir, key=key)
+    state = PartialState()
+    if not state.is_main_process:  # under `accelerate launch`: the main process saves and records
+        state.wait_for_everyone()
         return {}
     save_model(model, run.tokenizer, run.dir / "model", cfg.model.merge_lora)
     write_json(stage_dir / "log_history.json", history)
     steps = [h for h in history if "loss" in h]
     last = steps[-1] if steps else {}
     final = {k: last[k] for k in ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "lambda") if k in last}
-    return _finish(run, "train", key, started, objective=objective.name, steps=last.get("step"),
+    info = _finish(run, "train", key, started, objective=objective.name, steps=last.get("step"),
                    train_runtime=next((h["train_runtime"] for h in history if "train_runtime" in h), None), **final)
+    state.wait_for_everyone()
+    return info
 
 
 # ---------------------------------------------------------------------------------------------------------------- #

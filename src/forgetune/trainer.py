@@ -17,6 +17,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from forgetune.config import TrainConfig
 from forgetune.data.collator import Collator
+from forgetune.errors import ForgetuneError
 from forgetune.objectives import Objective, TokenBatch
 from forgetune.scoring.token_logps import response_token_ce, target_mask
 
@@ -62,34 +63,44 @@ def fit(
     cfg: TrainConfig,
     work_dir: Path,
     *,
+    key: str,
     epochs: float | None = None,
     max_steps: int | None = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """Train in place; checkpoints go to work_dir/checkpoints and are resumed from if present."""
+    """Train in place. Checkpoints go to work_dir/checkpoints and are resumed from only if they were written under the
+    same stage key (same data and config); stale ones are deleted."""
     ckpt_dir = work_dir / "checkpoints"
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.epochs if epochs is None else epochs,
-        max_steps=cfg.max_steps if max_steps is None else max_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=max(cfg.save_steps, 1),
-        save_total_limit=1,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=next(model.parameters()).dtype == torch.bfloat16 and torch.cuda.is_available(),
-        disable_tqdm=not log.isEnabledFor(logging.INFO),
-    )
+    key_file = ckpt_dir / "stage_key"
+    if ckpt_dir.is_dir() and (not key_file.is_file() or key_file.read_text() != key):
+        shutil.rmtree(ckpt_dir)
+    dtype = next(model.parameters()).dtype
+    on_gpu = torch.cuda.is_available()
+    try:
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir),
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay,
+            num_train_epochs=cfg.epochs if epochs is None else epochs,
+            max_steps=cfg.max_steps if max_steps is None else max_steps,
+            max_grad_norm=cfg.max_grad_norm,
+            logging_steps=cfg.logging_steps,
+            save_strategy="steps" if cfg.save_steps > 0 else "no",
+            save_steps=max(cfg.save_steps, 1),
+            save_total_limit=1,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            report_to="none",
+            remove_unused_columns=False,
+            dataloader_pin_memory=on_gpu,
+            bf16=dtype == torch.bfloat16 and on_gpu,
+            disable_tqdm=not log.isEnabledFor(logging.INFO),
+        )
+    except ValueError as e:
+        raise ForgetuneError(f"training arguments: {str(e).splitlines()[0]}") from None
     trainer = ObjectiveTrainer(
         model=model,
         args=args,
@@ -100,6 +111,9 @@ def fit(
     )
     if args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines either
+    if args.save_strategy != "no" and trainer.is_world_process_zero():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(key)
     resume = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -182,6 +182,12 @@ def test_stale_scores_are_detected(tiny_model_dir, arith_jsonl, tmp_path, capsys
     other = write_jsonl(tmp_path / "other.jsonl", make_arith(24, noise=0.25, seed=4, id_prefix="o"))
     capsys.readouterr()
     assert run_cli("partition", *base_args(tiny_model_dir, other, out)) == 2  # scores of arith.jsonl, data of other
+    assert "no up-to-date scores" in capsys.readouterr().err
+    # A score file from another dataset under a valid marker (copied by hand): caught by its ids and offsets.
+    ids = out / "score" / "ids.json"
+    ids.write_text(json.dumps([f"x{i}" for i in range(24)]))
+    (out / "partition" / DONE_MARKER).unlink(missing_ok=True)  # the failed attempt above already dropped it
+    assert run_cli("partition", *base_args(tiny_model_dir, arith_jsonl, out)) == 2
     err = capsys.readouterr().err
     assert "scores belong to another dataset" in err and "stale" in err
 
@@ -309,3 +315,23 @@ def test_demo_runs_and_prints_split_and_answers(tiny_model_dir, tmp_path, capsys
     assert "== token split" in printed and "wrong tokens" in printed
     assert "exact match: base" in printed and "== stages" in printed
     assert set(json.loads((out / "demo_eval.json").read_text())) == {"base", "trained"}
+
+
+def test_missing_reference_data_and_fp16_training_are_clear_errors(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--reference-data", tmp_path / "no.jsonl")) == 2
+    assert "reference data file not found" in capsys.readouterr().err
+    assert run_cli("train", *base_args(tiny_model_dir, arith_jsonl, out, "--objective", "sft",
+                                       "--dtype", "float16")) == 2
+    assert "float16" in capsys.readouterr().err
+
+
+def test_checkpoints_of_another_config_are_not_resumed(tiny_model_dir, arith_jsonl, tmp_path):
+    """A stale checkpoint (other stage key) is deleted, so the run trains from the base for its own config."""
+    out = tmp_path / "run"
+    stale = out / "train" / "checkpoints" / "checkpoint-99"
+    stale.mkdir(parents=True)
+    (out / "train" / "checkpoints" / "stage_key").write_text("another-config")
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--objective", "sft", "--save-steps", "1")) == 0
+    assert json.loads((out / "summary.json").read_text())["stages"]["train"]["steps"] == 2
+    assert not (out / "train" / "checkpoints").exists()  # cleaned after a finished training

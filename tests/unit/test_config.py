@@ -376,3 +376,31 @@ def test_fingerprint_path_changes_with_content(tmp_path):
     before = io.fingerprint_path(folder)
     (folder / "y").write_text("2", encoding="utf-8")
     assert io.fingerprint_path(folder) != before
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"npo_beta": 0.0}, "npo_beta must be > 0"),
+        ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
+        ({"logging_steps": 0}, "logging_steps must be >= 1"),
+        ({"lr_scheduler": "cosin"}, "unknown lr_scheduler 'cosin'"),
+        ({"negative_mean": "all"}, "negative_mean must be negatives or tokens"),
+        ({"neutral": "drop"}, "neutral must be ignore or learn"),
+    ],
+)
+def test_training_values_rejected_before_any_work(flags, message):
+    with pytest.raises(ForgetuneError, match=message):
+        resolve(flags=flags)
+
+
+def test_empty_yaml_section_is_allowed(tmp_path):
+    cfg = resolve(write_yaml(tmp_path, "train:\n  # batch_size: 4\npartition: {rho: 0.5}\n"))
+    assert cfg.train == TrainConfig() and cfg.partition.rho == 0.5
+
+
+def test_base_layer_sits_below_yaml_and_flags(tmp_path):
+    """The demo's settings are a base layer: a YAML file and flags still override them."""
+    path = write_yaml(tmp_path, "train: {batch_size: 4}\n")
+    cfg = resolve(path, {"epochs": 1.0}, base={"batch_size": 8, "epochs": 2.0, "learning_rate": 1e-4})
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.learning_rate) == (4, 1.0, 1e-4)

@@ -187,8 +187,13 @@ def load_records(path: str | Path, fmt: str = "auto", system_prompt: str | None 
     return records
 
 
-def _render_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool, where: str) -> list[int]:
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as e:
+        raise ForgetuneError(f"{where}: the tokenizer's chat template rejects this conversation ({e})") from None
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -199,13 +204,13 @@ def tokenize_messages(tokenizer, messages: list[dict[str, str]], where: str) -> 
     conversation up to and including that turn, so whatever the template emits after the content (end-of-turn token)
     is learned too.
     """
-    full = _render_ids(tokenizer, messages, add_generation_prompt=False)
+    full = _render_ids(tokenizer, messages, False, where)
     labels = [IGNORE_INDEX] * len(full)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(_render_ids(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
-        upto = _render_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        start = len(_render_ids(tokenizer, messages[:i], True, where)) if i else 0
+        upto = _render_ids(tokenizer, messages[: i + 1], False, where)
         if full[: len(upto)] != upto:
             raise ForgetuneError(f"{where}: the chat template does not render turns as prefixes; cannot mask turns")
         for t in range(max(start, 1), len(upto)):  # position 0 has no preceding logits to score it
