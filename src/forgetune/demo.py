@@ -6,7 +6,6 @@ after training, and exact match on held-out clean questions.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
 
@@ -17,6 +16,7 @@ from forgetune.benchmarks.arith import make_arith
 from forgetune.data.collator import response_positions
 from forgetune.evaluate import corrupted_tokens
 from forgetune.generation import generate_answers
+from forgetune.io import write_json
 from forgetune.metrics.accuracy import exact_match
 from forgetune.models import load_for_inference, load_model
 from forgetune.scoring.partition import NEGATIVE, POSITIVE
@@ -80,8 +80,7 @@ def held_out_report(run: pipeline.Run) -> dict[str, float]:
         print(f"   {r['prompt']:<22} base: {base!r:<34} trained: {trained!r}")
     scores = {name: exact_match(a, refs) for name, a in answers.items()}
     print(f"   exact match: base {scores['base']:.1%}, trained ({run.cfg.train.objective}) {scores['trained']:.1%}")
-    with open(run.dir / "demo_eval.json", "w") as f:
-        json.dump(scores, f, indent=2)
+    write_json(run.dir / "demo_eval.json", scores)
     return scores
 
 
