@@ -29,20 +29,20 @@ def partition_tokens(scores: np.ndarray, rho: float) -> np.ndarray:
         raise ValueError(f"scores must be a flat array, got shape {scores.shape}")
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
-    if np.isnan(scores).any():
-        raise ValueError(f"{int(np.isnan(scores).sum())} NaN score(s): rescore the corpus")
     n = scores.shape[0]
+    if n and np.isnan(scores.max()):  # max propagates NaN: one pass, no N-sized temporary
+        raise ValueError(f"{int(np.isnan(scores).sum())} NaN score(s): rescore the corpus")
     k = num_positive(n, rho)
-    positive = np.zeros(n, dtype=bool)
     if k == 0:
-        return positive
+        return np.zeros(n, dtype=bool)
     if k == n:
-        positive[:] = True
-        return positive
+        return np.ones(n, dtype=bool)
     threshold = np.partition(scores, n - k)[n - k]  # the k-th largest score
-    np.greater(scores, threshold, out=positive)
-    missing = k - int(positive.sum())
-    positive[np.flatnonzero(scores == threshold)[:missing]] = True
+    positive = scores >= threshold
+    extra = int(np.count_nonzero(positive)) - k
+    if extra:  # ties at the threshold: keep the earliest, drop the latest `extra`
+        ties = np.flatnonzero(scores == threshold)
+        positive[ties[len(ties) - extra :]] = False
     return positive
 
 
