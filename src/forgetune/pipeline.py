@@ -277,11 +277,12 @@ def partition(run: Run) -> dict[str, Any]:
         raise ForgetuneError(f"{run.stage_dir('score')}: no up-to-date scores; run `forgetune score` first")
     started, p = time.time(), run.cfg.partition
     scores = np.asarray(load_scores(run))
-    if np.isnan(scores).any():
-        raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: NaN scores; rerun `forgetune score`")
     offsets = example_offsets(run.examples)
-    polarity = partition_polarity(scores, offsets, p.rho, p.granularity, run.cfg.train.batch_size, p.negative_below,
-                                  p.neutral)
+    try:  # partition_tokens rejects NaN scores itself: no second pass over the corpus here
+        polarity = partition_polarity(scores, offsets, p.rho, p.granularity, run.cfg.train.batch_size,
+                                      p.negative_below, p.neutral)
+    except ValueError as e:
+        raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: {e}") from None
     stage_dir = run.stage_dir("partition")
     stage_dir.mkdir(parents=True, exist_ok=True)
     save_npy(stage_dir / "polarity.npy", polarity)
