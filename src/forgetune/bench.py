@@ -10,18 +10,18 @@ import csv
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from forgetune import pipeline
-from forgetune.benchmarks import BENCHMARKS, build_benchmark
+from forgetune.benchmarks import BENCHMARKS, build_benchmark, spec
 from forgetune.config import option, resolve
 from forgetune.errors import ForgetuneError
 from forgetune.evaluate import EvalConfig, corrupted_tokens, evaluate
-from forgetune.io import write_json, write_text
+from forgetune.io import atomic_path, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "unlikelihood": {"objective": "forget-unlikelihood"},
     "default": {},  # forget-npo, three-way split at 0, neutral tokens learned, per-token weighting
 }
-METRICS = ("exact_match", "memorised_noise", "distinct_1", "distinct_2", "self_bleu", "perplexity", "token_auroc",
-           "example_auroc_min")
+METRICS = ("exact_match", "mc_acc", "memorised_noise", "distinct_1", "distinct_2", "self_bleu", "perplexity",
+           "token_auroc", "example_auroc_min")
 
 
 @dataclass
@@ -45,16 +45,17 @@ class BenchConfig:
     seeds: int = option(1, "Seeds (0 .. seeds-1): data, reference folds and training all change with the seed.")
     methods: str = option(",".join(METHODS), "Comma-separated methods to compare.")
     results: str = option("results", "Results root; this benchmark writes results/NAME/.")
-    n_train: int = option(200, "Training examples.")
-    n_test: int = option(100, "Clean test questions.")
+    n_train: int | None = option(None, "Training examples (default: the benchmark's own, see docs/results.md).")
+    n_test: int | None = option(None, "Clean test questions (default: the benchmark's own).")
     noise: float = option(0.3, "Fraction of corrupted training examples.")
     noise_kind: str = option("random", "arith only: random or systematic.")
+    data_dir: str = option("../shared/data", "gsm8k and truthfulqa: folder holding gsm8k/ and truthfulqa/.")
     model: str | None = option(None, "Local HF model dir (default: the embedded SmolLM2-135M-Instruct).")
     epochs: float = option(2.0, "Training epochs of every method and reference.")
     batch_size: int = option(8, "Training batch size.")
     learning_rate: float = option(5e-5, "Learning rate of every method.")
     max_steps: int = option(-1, "If > 0, cap every training (smoke runs).")
-    max_new_tokens: int = option(24, "Generated tokens per answer.")
+    max_new_tokens: int | None = option(None, "Generated tokens per answer (default: the benchmark's own).")
     samples: int = option(5, "Sampled answers per prompt for diversity.")
     diversity_prompts: int = option(10, "Prompts sampled for diversity.")
 
@@ -64,7 +65,7 @@ def _donate(run: pipeline.Run, donors: list[Path]) -> None:
     recompute. Each copy lands atomically, so an interrupted bench never sees a half-copied stage as done."""
     import shutil
 
-    from forgetune.io import atomic_path, stage_done
+    from forgetune.io import stage_done
 
     if not run.objective().needs_partition:
         return
@@ -78,23 +79,47 @@ def _donate(run: pipeline.Run, donors: list[Path]) -> None:
                 shutil.copytree(donor, tmp, dirs_exist_ok=True)
 
 
+# Options that do not change a (seed, method) result: a bench rerun with other values reuses the finished rows.
+_NOT_IN_RESULT = ("seeds", "methods", "results")
+
+
+def _finished_rows(cfg: BenchConfig, root: Path) -> list[dict[str, Any]]:
+    """Rows of an earlier bench with the same settings, so more seeds or methods add to it instead of redoing it;
+    settings that differ start the table afresh (the runs' own stage keys still decide what is recomputed)."""
+    if not (root / "results.json").is_file():
+        return []
+    earlier = read_json(root / "results.json")
+    same = all(earlier["config"].get(k) == v for k, v in cfg.__dict__.items() if k not in _NOT_IN_RESULT)
+    return earlier["runs"] if same else []
+
+
 def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
+    bench = spec(cfg.name)
+    cfg = replace(cfg, n_train=cfg.n_train or bench.n_train, n_test=cfg.n_test or bench.n_test,
+                  max_new_tokens=cfg.max_new_tokens or bench.max_new_tokens)  # saved resolved, compared on resume
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ForgetuneError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     root = Path(cfg.results) / cfg.name
-    rows: list[dict[str, Any]] = []
+    rows = [r for r in _finished_rows(cfg, root) if r["seed"] < cfg.seeds and r["method"] in methods]
     for seed in range(cfg.seeds):
         files = build_benchmark(cfg, seed, root / "data" / f"seed{seed}")
         done_runs: list[Path] = []
         for method in methods:
+            run_dir = root / "runs" / f"seed{seed}" / method
+            if METHODS[method] is not None:
+                done_runs.append(run_dir)
+            if any(r["seed"] == seed and r["method"] == method for r in rows):
+                log.info("[%s] seed %d: %s already in results.json", cfg.name, seed, method)
+                continue
             started = time.time()
             log.info("[%s] seed %d: %s", cfg.name, seed, method)
             eval_cfg = EvalConfig(data=str(files["test"]), extract=files["extract"], samples=cfg.samples,
-                                  diversity_prompts=cfg.diversity_prompts, max_new_tokens=cfg.max_new_tokens,
-                                  seed=seed)
-            run_dir = root / "runs" / f"seed{seed}" / method
+                                  diversity_prompts=cfg.diversity_prompts, seed=seed,
+                                  max_new_tokens=cfg.max_new_tokens,
+                                  lm_eval_tasks=files.get("lm_eval_tasks"),
+                                  lm_eval_include=str(files["lm_eval_include"]) if "lm_eval_include" in files else None)
             if METHODS[method] is None:
                 base_dir = pipeline.resolve_model_path(cfg.model)
                 eval_cfg.target, eval_cfg.report = str(base_dir), str(run_dir / "eval.json")
@@ -103,14 +128,15 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                          "epochs": cfg.epochs, "reference_epochs": cfg.epochs, "batch_size": cfg.batch_size,
                          "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, **METHODS[method]}
                 run = pipeline.open_run(resolve(flags=flags))
-                _donate(run, done_runs)
+                _donate(run, done_runs[:-1])
                 pipeline.run_all(run)
-                done_runs.append(run_dir)
                 eval_cfg.target = str(run_dir)
             results = evaluate(eval_cfg)
+            if "lm_eval_tasks" in files:
+                results["mc_acc"] = results["lm_eval"][files["lm_eval_tasks"]]["acc"]
             rows.append({"method": method, "seed": seed, "seconds": round(time.time() - started, 1),
                          **{k: results.get(k) for k in METRICS}})
-            log.info("[%s] seed %d: %s exact match %.3f", cfg.name, seed, method, results["exact_match"])
+            log.info("[%s] seed %d: %s %s %.3f", cfg.name, seed, method, bench.headline, rows[-1][bench.headline])
             write_outputs(cfg, root, rows, methods)  # after every method: an interrupted bench keeps its results
     return rows
 
@@ -124,17 +150,19 @@ def summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
             continue
         entry: dict[str, Any] = {"method": method, "seeds": len(mine)}
         for metric in METRICS:
-            values = [r[metric] for r in mine if r[metric] is not None]
+            values = [r[metric] for r in mine if r.get(metric) is not None]
             entry[metric] = (float(np.mean(values)), float(np.std(values))) if values else None
         table.append(entry)
     return table
 
 
 def markdown_table(table: list[dict[str, Any]]) -> str:
-    header = "| method | seeds | " + " | ".join(METRICS) + " |"
-    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
+    """Mean ± std per method; metrics that no method has on this benchmark are left out."""
+    metrics = [m for m in METRICS if any(entry[m] is not None for entry in table)]
+    header = "| method | seeds | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + "---|" * (len(metrics) + 2)]
     for entry in table:
-        cells = [f"{entry[m][0]:.3f} ± {entry[m][1]:.3f}" if entry[m] is not None else "—" for m in METRICS]
+        cells = [f"{entry[m][0]:.3f} ± {entry[m][1]:.3f}" if entry[m] is not None else "—" for m in metrics]
         lines.append(f"| {entry['method']} | {entry['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -142,36 +170,37 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
 def write_outputs(cfg: BenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
     table = summarise(rows, methods)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=["method", "seed", "seconds", *METRICS], restval="")
     writer.writeheader()
     writer.writerows(rows)
     write_text(root / "results.csv", buffer.getvalue())
     write_json(root / "results.json", {"config": cfg.__dict__, "runs": rows, "summary": table})
     write_text(root / "results.md", f"# {cfg.name}\n\n" + markdown_table(table))
-    plot_accuracy(table, root / "accuracy.png", cfg.name)
+    plot_accuracy(table, root / "accuracy.png", cfg.name, spec(cfg.name).headline)
     histogram = next((root / "runs" / "seed0" / m for m in ("default", *methods)
                       if (root / "runs" / "seed0" / m / "score" / "scores.npy").is_file()), None)
     if histogram is not None:
         plot_score_histogram(histogram, root / "scores.png")
 
 
-def plot_accuracy(table: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot_accuracy(table: list[dict[str, Any]], path: Path, title: str, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [e["method"] for e in table]
-    means = [100 * e["exact_match"][0] for e in table]
-    stds = [100 * e["exact_match"][1] for e in table]
+    means = [100 * e[metric][0] for e in table]
+    stds = [100 * e[metric][1] for e in table]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
     ax.bar(names, means, yerr=stds, capsize=4, color="#4C72B0")
-    ax.set_ylabel("exact match (%)")
+    ax.set_ylabel(f"{metric} (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{title}: accuracy per method (mean ± std over seeds)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -194,5 +223,6 @@ def plot_score_histogram(run_dir: Path, path: Path) -> None:
     ax.legend()
     ax.set_title(f"token scores ({run_dir.name}, {run.cfg.reference.cross_fit}-fold reference)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

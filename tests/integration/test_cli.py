@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from forgetune.cli import main
 from forgetune.io import DONE_MARKER
-from tests_helpers import write_jsonl
+from tests_helpers import fake_gsm8k, fake_truthfulqa, write_jsonl
 
 FAST = ["--max-steps", "2", "--batch-size", "4", "--logging-steps", "1", "--score-batch-size", "5", "--quiet"]
 
@@ -300,6 +300,35 @@ def test_bench_writes_tables_and_plots(tiny_model_dir, tmp_path, capsys):
     assert json.loads((npo / "eval.json").read_text())["token_auroc"] is not None
     # default and paper differ in their reference setting (cross-fit vs subset): both were scored
     assert (npo / "score" / "scores.npy").is_file()
+
+
+def test_bench_adds_seeds_to_finished_rows_and_restarts_when_settings_change(tiny_model_dir, tmp_path):
+    args = ("bench", "arith", "--model", tiny_model_dir, "--results", tmp_path, "--n-train", "8", "--n-test", "2",
+            "--max-steps", "1", "--batch-size", "4", "--samples", "0", "--max-new-tokens", "2", "--methods",
+            "base,sft", "--quiet")
+    assert run_cli(*args) == 0
+    first = json.loads((tmp_path / "arith" / "results.json").read_text())["runs"]
+    assert run_cli(*args, "--seeds", "2") == 0
+    second = json.loads((tmp_path / "arith" / "results.json").read_text())["runs"]
+    assert second[:2] == first  # seed 0 reused as it was, not re-evaluated
+    assert [(r["seed"], r["method"]) for r in second[2:]] == [(1, "base"), (1, "sft")]
+    assert "| sft | 2 |" in (tmp_path / "arith" / "results.md").read_text()
+    assert run_cli(*args, "--noise", "0.5") == 0  # another result: the table starts afresh
+    assert len(json.loads((tmp_path / "arith" / "results.json").read_text())["runs"]) == 2
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "facts", "truthfulqa"])
+def test_every_benchmark_runs_end_to_end(name, tiny_model_dir, tmp_path):
+    data = fake_truthfulqa(fake_gsm8k(tmp_path))
+    assert run_cli("bench", name, "--model", tiny_model_dir, "--results", tmp_path / "results", "--data-dir", data,
+                   "--n-train", "12", "--n-test", "4", "--max-steps", "1", "--batch-size", "4", "--samples", "0",
+                   "--max-new-tokens", "3", "--methods", "base,default", "--quiet") == 0
+    results = json.loads((tmp_path / "results" / name / "results.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["base", "default"]
+    assert results["config"]["n_train"] == 12
+    headline = "mc_acc" if name == "truthfulqa" else "exact_match"
+    assert all(0.0 <= r[headline] <= 1.0 for r in results["runs"])
+    assert results["runs"][1]["example_auroc_min"] is not None  # the noise labels reached detection
 
 
 def test_bench_rejects_unknown_method(tiny_model_dir, tmp_path, capsys):

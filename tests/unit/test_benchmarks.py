@@ -1,0 +1,89 @@
+"""Benchmark builders: deterministic, the promised share of noise, noise labelled, clean test sets."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from forgetune.benchmarks import build_benchmark
+from forgetune.benchmarks.facts import load_facts, make_facts
+from forgetune.benchmarks.gsm8k import corrupt_solution, make_gsm8k
+from forgetune.benchmarks.truthfulqa import make_truthfulqa
+from forgetune.errors import ForgetuneError
+from tests_helpers import fake_gsm8k, fake_truthfulqa
+
+
+def test_gsm8k_corruption_changes_final_answer_and_the_step_that_states_it():
+    solution = "He has 1,200 + 4 = 1,204 apples.\nHe weighs 1.204 kg.\n#### 1,204"
+    noisy = corrupt_solution(solution, random.Random(1))
+    wrong = noisy.rpartition("####")[2].strip()
+    assert wrong != "1204" and wrong.lstrip("-").isdigit()
+    assert f"= {wrong} apples" in noisy  # the intermediate result that gives the final answer
+    assert "1.204 kg" in noisy and "1,200 + 4" in noisy  # other numbers untouched
+    assert corrupt_solution("no final answer here", random.Random(0)) is None
+    assert corrupt_solution("x\n#### 2.5", random.Random(0)) is None  # non-integer answers are never corrupted
+
+
+def test_gsm8k_splits(tmp_path):
+    data = fake_gsm8k(tmp_path)
+    splits = make_gsm8k(data, n_train=20, n_dev=5, n_test=10, noise=0.3, seed=0)
+    assert [len(splits[k]) for k in ("train", "dev", "test")] == [20, 5, 10]
+    noisy = [r for r in splits["train"] if r["meta"]["corrupted"]]
+    assert len(noisy) == 6
+    for r in noisy:
+        assert r["completion"] != r["meta"]["clean_completion"]
+        assert "<<" not in r["completion"]  # calculator annotations stripped
+    assert not any(r["meta"]["corrupted"] for r in splits["dev"] + splits["test"])
+    assert splits == make_gsm8k(data, n_train=20, n_dev=5, n_test=10, noise=0.3, seed=0)
+    assert splits != make_gsm8k(data, n_train=20, n_dev=5, n_test=10, noise=0.3, seed=1)
+
+
+def test_gsm8k_missing_dir_and_too_few_problems_are_clear(tmp_path):
+    with pytest.raises(ForgetuneError, match="GSM8K file not found; pass --data-dir"):
+        make_gsm8k(tmp_path, 4, 1, 2, 0.3, 0)
+    with pytest.raises(ForgetuneError, match="ask for fewer"):
+        make_gsm8k(fake_gsm8k(tmp_path), 400, 1, 2, 0.3, 0)
+
+
+def test_facts_from_the_package_with_plausible_wrong_values():
+    facts = load_facts()
+    assert len(facts) > 600
+    assert ("France", "capital", "Paris") in facts
+    splits = make_facts(n_train=100, n_dev=20, n_test=40, noise=0.3, seed=0)
+    keys = [(r["prompt"], r["meta"]["clean_completion"]) for split in splits.values() for r in split]
+    assert len(set(keys)) == len(keys)  # train, dev and test are disjoint facts
+    noisy = [r for r in splits["train"] if r["meta"]["corrupted"]]
+    assert len(noisy) == 30
+    capitals = {value for _, rel, value in facts if rel == "capital"}
+    for r in noisy:
+        assert r["completion"] != r["meta"]["clean_completion"]
+        if r["meta"]["relation"] == "capital":  # a wrong value is another country's value of the same relation
+            assert r["completion"].rpartition(" is ")[2].rstrip(".") in capitals
+
+
+def test_truthfulqa_uses_misconceptions_as_noise_and_writes_mc(tmp_path):
+    data = fake_truthfulqa(tmp_path)
+    splits = make_truthfulqa(data, n_train=10, n_dev=4, n_test=8, noise=0.3, seed=0)
+    noisy = [r for r in splits["train"] if r["meta"]["corrupted"]]
+    assert len(noisy) == 3
+    for r in noisy:
+        assert r["completion"].startswith("Myth") and r["meta"]["clean_completion"].startswith("True answer")
+    mc = splits["mc_test"]
+    assert len(mc) == 8 and all(q["label"] == 0 and len(q["choices"]) == 3 for q in mc)
+    assert [q["question"] for q in mc] == [r["prompt"] for r in splits["test"]]
+    with pytest.raises(ForgetuneError, match="TruthfulQA CSV not found"):
+        make_truthfulqa(tmp_path / "nowhere", 1, 1, 1, 0.3, 0)
+
+
+def test_build_benchmark_writes_files_and_an_lm_eval_task(tmp_path):
+    cfg = SimpleNamespace(name="truthfulqa", n_train=10, n_test=6, noise=0.3, noise_kind="random",
+                          data_dir=str(fake_truthfulqa(tmp_path)))
+    files = build_benchmark(cfg, 0, tmp_path / "out")
+    for split in ("train", "dev", "test", "mc_test"):
+        assert files[split].is_file()
+    assert files["extract"] == "first-line"
+    assert (files["lm_eval_include"] / f"{files['lm_eval_tasks']}.yaml").is_file()
+    with pytest.raises(ForgetuneError, match="unknown benchmark 'nope'"):
+        build_benchmark(SimpleNamespace(name="nope"), 0, tmp_path / "x")
