@@ -49,6 +49,7 @@ class BenchConfig:
     n_test: int | None = option(None, "Clean test questions (default: the benchmark's own).")
     noise: float = option(0.3, "Fraction of corrupted training examples.")
     noise_kind: str = option("random", "arith only: random or systematic.")
+    eval_split: str = option("test", "Split the methods are graded on: test, or dev to tune settings (never on test).")
     data_dir: str = option("../shared/data", "gsm8k and truthfulqa: folder holding gsm8k/ and truthfulqa/.")
     model: str | None = option(None, "Local HF model dir (default: the embedded SmolLM2-135M-Instruct).")
     epochs: float = option(2.0, "Training epochs of every method and reference.")
@@ -84,13 +85,17 @@ _NOT_IN_RESULT = ("seeds", "methods", "results")
 
 
 def _finished_rows(cfg: BenchConfig, root: Path) -> list[dict[str, Any]]:
-    """Rows of an earlier bench with the same settings, so more seeds or methods add to it instead of redoing it;
-    settings that differ start the table afresh (the runs' own stage keys still decide what is recomputed)."""
+    """Rows of an earlier bench in the same folder, so more seeds or methods add to it instead of redoing it. An
+    earlier bench with other settings is refused rather than overwritten: its results are not this one's."""
     if not (root / "results.json").is_file():
         return []
     earlier = read_json(root / "results.json")
-    same = all(earlier["config"].get(k) == v for k, v in cfg.__dict__.items() if k not in _NOT_IN_RESULT)
-    return earlier["runs"] if same else []
+    differ = [f"{k} {earlier['config'].get(k)!r} there, {v!r} now" for k, v in cfg.__dict__.items()
+              if k not in _NOT_IN_RESULT and earlier["config"].get(k) != v]
+    if differ:
+        raise ForgetuneError(f"{root / 'results.json'} holds a bench with other settings ({'; '.join(differ)}); "
+                             "pass --results DIR for a new one, or remove that folder")
+    return earlier["runs"]
 
 
 def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
@@ -101,8 +106,10 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ForgetuneError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if cfg.eval_split not in ("test", "dev"):
+        raise ForgetuneError(f"unknown --eval-split {cfg.eval_split!r}; choose test or dev")
     root = Path(cfg.results) / cfg.name
-    rows = [r for r in _finished_rows(cfg, root) if r["seed"] < cfg.seeds and r["method"] in methods]
+    rows = _finished_rows(cfg, root)
     for seed in range(cfg.seeds):
         files = build_benchmark(cfg, seed, root / "data" / f"seed{seed}")
         done_runs: list[Path] = []
@@ -115,7 +122,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                 continue
             started = time.time()
             log.info("[%s] seed %d: %s", cfg.name, seed, method)
-            eval_cfg = EvalConfig(data=str(files["test"]), extract=files["extract"], samples=cfg.samples,
+            eval_cfg = EvalConfig(data=str(files[cfg.eval_split]), extract=files["extract"], samples=cfg.samples,
                                   diversity_prompts=cfg.diversity_prompts, seed=seed,
                                   max_new_tokens=cfg.max_new_tokens,
                                   lm_eval_tasks=files.get("lm_eval_tasks"),

@@ -302,7 +302,7 @@ def test_bench_writes_tables_and_plots(tiny_model_dir, tmp_path, capsys):
     assert (npo / "score" / "scores.npy").is_file()
 
 
-def test_bench_adds_seeds_to_finished_rows_and_restarts_when_settings_change(tiny_model_dir, tmp_path):
+def test_bench_adds_seeds_to_finished_rows_and_refuses_other_settings(tiny_model_dir, tmp_path, capsys):
     args = ("bench", "arith", "--model", tiny_model_dir, "--results", tmp_path, "--n-train", "8", "--n-test", "2",
             "--max-steps", "1", "--batch-size", "4", "--samples", "0", "--max-new-tokens", "2", "--methods",
             "base,sft", "--quiet")
@@ -313,8 +313,9 @@ def test_bench_adds_seeds_to_finished_rows_and_restarts_when_settings_change(tin
     assert second[:2] == first  # seed 0 reused as it was, not re-evaluated
     assert [(r["seed"], r["method"]) for r in second[2:]] == [(1, "base"), (1, "sft")]
     assert "| sft | 2 |" in (tmp_path / "arith" / "results.md").read_text()
-    assert run_cli(*args, "--noise", "0.5") == 0  # another result: the table starts afresh
-    assert len(json.loads((tmp_path / "arith" / "results.json").read_text())["runs"]) == 2
+    assert run_cli(*args, "--noise", "0.5") == 2  # other settings: refused, the earlier results are kept
+    assert "holds a bench with other settings (noise 0.3 there, 0.5 now)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "arith" / "results.json").read_text())["runs"] == second
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "facts", "truthfulqa"])

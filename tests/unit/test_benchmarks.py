@@ -79,11 +79,15 @@ def test_truthfulqa_uses_misconceptions_as_noise_and_writes_mc(tmp_path):
 
 def test_build_benchmark_writes_files_and_an_lm_eval_task(tmp_path):
     cfg = SimpleNamespace(name="truthfulqa", n_train=10, n_test=6, noise=0.3, noise_kind="random",
-                          data_dir=str(fake_truthfulqa(tmp_path)))
+                          data_dir=str(fake_truthfulqa(tmp_path)), eval_split="test")
     files = build_benchmark(cfg, 0, tmp_path / "out")
-    for split in ("train", "dev", "test", "mc_test"):
+    for split in ("train", "dev", "test", "mc_dev", "mc_test"):
         assert files[split].is_file()
     assert files["extract"] == "first-line"
-    assert (files["lm_eval_include"] / f"{files['lm_eval_tasks']}.yaml").is_file()
+    task = files["lm_eval_include"] / f"{files['lm_eval_tasks']}.yaml"
+    assert "mc_test.jsonl" in task.read_text()
+    cfg.eval_split = "dev"  # tuning grades on dev: the multiple-choice task follows
+    files = build_benchmark(cfg, 0, tmp_path / "tune")
+    assert "mc_dev.jsonl" in (files["lm_eval_include"] / f"{files['lm_eval_tasks']}.yaml").read_text()
     with pytest.raises(ForgetuneError, match="unknown benchmark 'nope'"):
         build_benchmark(SimpleNamespace(name="nope"), 0, tmp_path / "x")

@@ -69,10 +69,11 @@ def build_benchmark(cfg, seed: int, out_dir: Path) -> dict[str, Any]:
     splits = bench.make(cfg, seed, n_train, max(n_test // 2, 1), n_test)
     files: dict[str, Any] = {name: _write(out_dir / f"{name}.jsonl", records) for name, records in splits.items()}
     files["extract"] = bench.extract
-    if "mc_test" in files:
+    graded = f"mc_{cfg.eval_split}"
+    if graded in files:  # multiple choice on the graded split, through an lm-eval task
         from forgetune.lmeval import write_multiple_choice_task
 
         files["lm_eval_include"] = out_dir / "tasks"
-        files["lm_eval_tasks"] = write_multiple_choice_task(files["lm_eval_include"], f"{cfg.name}_mc_seed{seed}",
-                                                            files["mc_test"].resolve())
+        files["lm_eval_tasks"] = write_multiple_choice_task(files["lm_eval_include"],
+                                                            f"{cfg.name}_{graded}_seed{seed}", files[graded])
     return files

@@ -50,9 +50,10 @@ def make_truthfulqa(data_dir: Path, n_train: int, n_dev: int, n_test: int, noise
                 "meta": {"corrupted": noisy, "clean_completion": row["best"]}}
 
     dev_end = n_train + n_dev
-    test = rows[dev_end : dev_end + n_test]
-    return {"train": [record("train", i, row, i in corrupted) for i, row in enumerate(rows[:n_train])],
-            "dev": [record("dev", i, row) for i, row in enumerate(rows[n_train:dev_end])],
-            "test": [record("test", i, row) for i, row in enumerate(test)],
-            "mc_test": [{"question": row["question"], "choices": [row["best"], *row["incorrect"]], "label": 0}
-                        for row in test]}
+    held_out = {"dev": rows[n_train:dev_end], "test": rows[dev_end : dev_end + n_test]}
+    splits = {"train": [record("train", i, row, i in corrupted) for i, row in enumerate(rows[:n_train])]}
+    for split, chosen in held_out.items():
+        splits[split] = [record(split, i, row) for i, row in enumerate(chosen)]
+        splits[f"mc_{split}"] = [{"question": row["question"], "choices": [row["best"], *row["incorrect"]],
+                                  "label": 0} for row in chosen]
+    return splits
