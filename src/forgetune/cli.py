@@ -154,12 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             base = demo_flags()
         cfg = resolve(yaml_path, args, base)
-        from accelerate import PartialState
+        from forgetune.processes import process_state
 
-        if PartialState().num_processes > 1 and command != "train":
+        if process_state().num_processes > 1 and command not in ("run", "reference", "score", "partition", "train"):
             raise ForgetuneError(
-                f"`forgetune {command}` runs in one process; under `accelerate launch` with several processes only "
-                "`forgetune train` is supported (run reference, score and partition first)"
+                f"`forgetune {command}` runs in one process; under `accelerate launch` with several processes use "
+                "run, reference, score, partition or train"
             )
         execute(command, cfg)
     except ForgetuneError as e:

@@ -101,9 +101,9 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 
 def device() -> torch.device:
     """This process's accelerator (its own GPU under `accelerate launch`), else the CPU."""
-    from accelerate import PartialState
+    from forgetune.processes import process_state
 
-    return PartialState().device
+    return process_state().device
 
 
 def load_model(path: Path, dtype: str = "float32") -> PreTrainedModel:

@@ -16,6 +16,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from accelerate import PartialState
 
 from forgetune import objectives
 from forgetune.config import RunConfig, dump_yaml, from_dict, load_yaml
@@ -54,6 +54,7 @@ from forgetune.models import (
     resolve_model_path,
     save_model,
 )
+from forgetune.processes import process_state
 from forgetune.scoring.partition import IGNORED, NEGATIVE, POSITIVE, partition_polarity
 from forgetune.scoring.scorer import example_offsets, token_ce
 from forgetune.trainer import fit
@@ -62,8 +63,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("reference", "score", "partition", "train")
 # Training hyperparameters shared by references and the final model.
-OPTIM_FIELDS = ("learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "batch_size", "grad_accum",
-                "max_grad_norm", "seed")
+OPTIM_FIELDS = ("learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "seed")
 
 
 @dataclass
@@ -86,9 +86,14 @@ class Run:
         r = self.cfg.reference
         return hash_obj(
             "reference", self.data_key, dataclasses.asdict(r), dataclasses.asdict(self.cfg.model),
-            {k: getattr(self.cfg.train, k) for k in OPTIM_FIELDS}, self.reference_steps(),
+            {k: getattr(self.cfg.train, k) for k in OPTIM_FIELDS}, self.global_batch(), self.reference_steps(),
             fingerprint_path(r.reference_data) if r.reference_data else None,
         )
+
+    def global_batch(self) -> int:
+        """Examples per optimiser step over all processes: 8 on one process and 4 on each of two train alike."""
+        t = self.cfg.train
+        return t.batch_size * t.grad_accum * process_state().num_processes
 
     def score_key(self) -> str:
         return hash_obj("score", self.reference_key())
@@ -125,7 +130,7 @@ def open_run(cfg: RunConfig) -> Run:
     d = cfg.data
     examples, counts = load_examples(d.data, tokenizer, d.format, d.max_length, d.system_prompt)
     data_key = hash_obj("data", fingerprint_path(d.data), dataclasses.asdict(d), model_fingerprint(model_path))
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", dump_yaml(cfg))
     log.info("data: %d examples, %d response tokens (%d truncated, %d skipped empty)", counts["examples"],
@@ -141,18 +146,25 @@ def reopen(run_dir: Path) -> Run:
 
 
 def _finish(run: Run, stage: str, key: str, started: float, **info: Any) -> dict[str, Any]:
+    """Record a finished stage (the main process writes); every process waits for the record before going on."""
     info = {"seconds": round(time.time() - started, 2), **info}
-    mark_done(run.stage_dir(stage), key, **info)
-    write_summary(run.dir, run.data_counts)
+    state = process_state()
+    if state.is_main_process:
+        mark_done(run.stage_dir(stage), key, **info)
+        write_summary(run.dir, run.data_counts)
+    state.wait_for_everyone()
     return info
 
 
 def _skip(run: Run, stage: str, key: str) -> dict[str, Any] | None:
-    stage_dir = run.stage_dir(stage)
-    if stage_done(stage_dir, key):
+    stage_dir, state = run.stage_dir(stage), process_state()
+    done = stage_done(stage_dir, key)
+    state.wait_for_everyone()  # every process has decided before the main one touches the marker
+    if done:
         log.info("%s: up to date, skipped", stage)
         return read_json(stage_dir / DONE_MARKER)
-    (stage_dir / DONE_MARKER).unlink(missing_ok=True)  # about to overwrite: never leave an old claim behind
+    if state.is_main_process:
+        (stage_dir / DONE_MARKER).unlink(missing_ok=True)  # about to overwrite: never leave an old claim behind
     return None
 
 
@@ -204,9 +216,13 @@ def reference(run: Run) -> dict[str, Any]:
         model = load_trainable(run.model_path, run.cfg.model)
         model, _ = fit(model, run.tokenizer, make_features(train_examples), sft, run.cfg.train,
                        stage_dir / f"work-{k}", key=fold_key, epochs=epochs, max_steps=max_steps)
-        save_model(model, run.tokenizer, model_dir, merge_lora=True)
-        mark_done(stage_dir / f"fold-{k}", fold_key)
-    write_json(stage_dir / "plan.json", plan)
+        state = process_state()
+        if state.is_main_process:
+            save_model(model, run.tokenizer, model_dir, merge_lora=True)
+            mark_done(stage_dir / f"fold-{k}", fold_key)
+        state.wait_for_everyone()
+    if process_state().is_main_process:
+        write_json(stage_dir / "plan.json", plan)
     return _finish(run, "reference", key, started, references=len(plan),
                    mode="reference_data" if run.cfg.reference.reference_data
                    else f"cross_fit={len(plan)}" if len(plan) > 1 else "subset")
@@ -226,27 +242,39 @@ def score(run: Run) -> dict[str, Any]:
         raise ForgetuneError(f"{ref_dir}: no up-to-date reference model; run `forgetune reference` first")
     started, cfg = time.time(), run.cfg
     plan = read_json(ref_dir / "plan.json")
-    pad = run.tokenizer.pad_token_id
-    base = load_model(run.model_path, cfg.model.dtype)
-    ce_base = token_ce(base, run.examples, pad, cfg.score.score_batch_size, desc="scoring base")
-    del base
-    ce_ref = np.zeros_like(ce_base)
-    for k, part in enumerate(plan):
-        ref = load_model(ref_dir / f"model-{k}", cfg.model.dtype)
-        token_ce(ref, run.examples, pad, cfg.score.score_batch_size, indices=part["score"], out=ce_ref,
-                 desc=f"scoring reference {k + 1}/{len(plan)}")
-        del ref
-    scores = ce_base - ce_ref
-    if not np.isfinite(scores).all():
-        raise ForgetuneError(f"{int((~np.isfinite(scores)).sum())} non-finite score(s): check the models' dtype")
-    with atomic_path(run.stage_dir("score"), is_dir=True) as tmp:
-        save_npy(tmp / "ce_base.npy", ce_base)
-        save_npy(tmp / "ce_ref.npy", ce_ref)
-        save_npy(tmp / "scores.npy", scores)
-        save_npy(tmp / "offsets.npy", example_offsets(run.examples))
-        write_json(tmp / "ids.json", [ex.id for ex in run.examples])
-    return _finish(run, "score", key, started, tokens=int(scores.size), mean_score=float(scores.mean()),
-                   mean_ce_base=float(ce_base.mean()), mean_ce_ref=float(ce_ref.mean()))
+    pad, n_tokens = run.tokenizer.pad_token_id, int(example_offsets(run.examples)[-1])
+    main = process_state().is_main_process
+    # The main process streams its arrays into the stage's temporary folder (memory stays flat in the corpus size);
+    # under `accelerate launch` the others hold in-memory partial arrays that the all-reduce fills in.
+    with atomic_path(run.stage_dir("score"), is_dir=True) if main else contextlib.nullcontext() as tmp:
+
+        def array(name: str) -> np.ndarray:
+            if tmp is None:
+                return np.zeros(n_tokens, dtype=np.float32)
+            return np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n_tokens,))
+
+        base = load_model(run.model_path, cfg.model.dtype)
+        ce_base = token_ce(base, run.examples, pad, cfg.score.score_batch_size, out=array("ce_base"),
+                           desc="scoring base")
+        del base
+        ce_ref = array("ce_ref")
+        for k, part in enumerate(plan):
+            ref = load_model(ref_dir / f"model-{k}", cfg.model.dtype)
+            token_ce(ref, run.examples, pad, cfg.score.score_batch_size, indices=part["score"], out=ce_ref,
+                     desc=f"scoring reference {k + 1}/{len(plan)}")
+            del ref
+        scores = np.subtract(ce_base, ce_ref, out=array("scores"))
+        bad = int((~np.isfinite(scores)).sum())
+        if bad:
+            raise ForgetuneError(f"{bad} non-finite score(s): check the models' dtype")
+        if tmp is not None:
+            for written in (ce_base, ce_ref, scores):
+                written.flush()
+            save_npy(tmp / "offsets.npy", example_offsets(run.examples))
+            write_json(tmp / "ids.json", [ex.id for ex in run.examples])
+        stats = {"tokens": int(scores.size), "mean_score": float(scores.mean()),
+                 "mean_ce_base": float(ce_base.mean()), "mean_ce_ref": float(ce_ref.mean())}
+    return _finish(run, "score", key, started, **stats)
 
 
 def load_scores(run: Run, name: str = "scores") -> np.ndarray:
@@ -276,6 +304,8 @@ def partition(run: Run) -> dict[str, Any]:
     if not stage_done(run.stage_dir("score"), run.score_key()):
         raise ForgetuneError(f"{run.stage_dir('score')}: no up-to-date scores; run `forgetune score` first")
     started, p = time.time(), run.cfg.partition
+    if not process_state().is_main_process:  # one process ranks and writes; the others wait for its record
+        return _finish(run, "partition", key, started)
     scores = np.asarray(load_scores(run))
     offsets = example_offsets(run.examples)
     try:  # partition_tokens rejects NaN scores itself: no second pass over the corpus here
@@ -329,19 +359,14 @@ def train(run: Run) -> dict[str, Any]:
     stage_dir.mkdir(parents=True, exist_ok=True)
     model = load_trainable(run.model_path, cfg.model)
     model, history = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir, key=key)
-    state = PartialState()
-    if not state.is_main_process:  # under `accelerate launch`: the main process saves and records
-        state.wait_for_everyone()
-        return {}
-    save_model(model, run.tokenizer, run.dir / "model", cfg.model.merge_lora)
-    write_json(stage_dir / "log_history.json", history)
+    if process_state().is_main_process:  # under `accelerate launch`: the main process saves and records
+        save_model(model, run.tokenizer, run.dir / "model", cfg.model.merge_lora)
+        write_json(stage_dir / "log_history.json", history)
     steps = [h for h in history if "loss" in h]
     last = steps[-1] if steps else {}
     final = {k: last[k] for k in ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "lambda") if k in last}
-    info = _finish(run, "train", key, started, objective=objective.name, steps=last.get("step"),
+    return _finish(run, "train", key, started, objective=objective.name, steps=last.get("step"),
                    train_runtime=next((h["train_runtime"] for h in history if "train_runtime" in h), None), **final)
-    state.wait_for_everyone()
-    return info
 
 
 # ---------------------------------------------------------------------------------------------------------------- #
@@ -373,7 +398,7 @@ def generate(run: Run, model_dir: Path | None = None) -> list[dict[str, Any]]:
         for row, answer in zip(rows, generate_answers(model, run.tokenizer, prompts, g.max_new_tokens), strict=True):
             row[column] = answer
         del model
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         write_text(run.dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 

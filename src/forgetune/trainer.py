@@ -19,6 +19,7 @@ from forgetune.config import TrainConfig
 from forgetune.data.collator import Collator
 from forgetune.errors import ForgetuneError
 from forgetune.objectives import Objective, TokenBatch
+from forgetune.processes import process_state
 from forgetune.scoring.token_logps import response_token_ce, target_mask
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,12 @@ def fit(
     same stage key (same data and config); stale ones are deleted."""
     ckpt_dir = work_dir / "checkpoints"
     key_file = ckpt_dir / "stage_key"
-    if ckpt_dir.is_dir() and (not key_file.is_file() or key_file.read_text() != key):
+    state = process_state()
+    stale = ckpt_dir.is_dir() and (not key_file.is_file() or key_file.read_text() != key)
+    state.wait_for_everyone()  # every process has looked before the main one deletes
+    if stale and state.is_main_process:
         shutil.rmtree(ckpt_dir)
+    state.wait_for_everyone()
     dtype = next(model.parameters()).dtype
     on_gpu = torch.cuda.is_available()
     try:
@@ -96,6 +101,7 @@ def fit(
             report_to="none",
             remove_unused_columns=False,
             dataloader_pin_memory=on_gpu,
+            use_cpu=not on_gpu,  # a CPU state: several launched CPU processes then form one gloo group
             bf16=dtype == torch.bfloat16 and on_gpu,
             disable_tqdm=not log.isEnabledFor(logging.INFO),
         )
@@ -116,5 +122,7 @@ def fit(
         key_file.write_text(key)
     resume = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return trainer.model, trainer.state.log_history

@@ -11,9 +11,11 @@ from tqdm.auto import tqdm
 
 from forgetune.data.collator import Collator
 from forgetune.data.formats import Example
-from forgetune.scoring.token_logps import response_token_ce
+from forgetune.processes import process_state
+from forgetune.scoring.token_logps import model_response_token_ce
 
 log = logging.getLogger(__name__)
+_REDUCE_CHUNK = 1 << 24  # floats per all-reduce: 64 MB at a time, whatever the corpus size
 
 
 def example_offsets(examples: Sequence[Example]) -> np.ndarray:
@@ -33,13 +35,17 @@ def token_ce(
 ) -> np.ndarray:
     """CE of each response token of examples[indices] written into `out` (flat, corpus order, float32).
 
-    Examples are visited longest first in batches of similar length, so little compute goes to padding.
+    Examples are visited longest first in batches of similar length, so little compute goes to padding. Under
+    `accelerate launch` each process scores every num_processes-th example of that order (balanced lengths) and
+    the processes' arrays are summed in place: each token is written by exactly one process, the rest hold zeros.
     """
     offsets = example_offsets(examples)
     if out is None:
         out = np.zeros(int(offsets[-1]), dtype=np.float32)
     indices = np.arange(len(examples)) if indices is None else np.asarray(indices)
     order = indices[np.argsort([-len(examples[i].input_ids) for i in indices], kind="stable")]
+    state = process_state()
+    order = order[state.process_index :: state.num_processes]
     collate = Collator(pad_token_id)
     device = next(model.parameters()).device
     model.eval()
@@ -48,14 +54,31 @@ def token_ce(
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = collate([{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for i in chunk])
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits
-            ce = response_token_ce(logits, batch["labels"].to(device)).cpu().numpy()
+            ce = model_response_token_ce(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                         batch["labels"].to(device)).cpu().numpy()
             pos = 0
             for i in chunk:
                 n = examples[i].num_response_tokens
                 out[offsets[i] : offsets[i + 1]] = ce[pos : pos + n]
                 pos += n
             bar.update(pos)
+    if state.num_processes > 1:
+        _sum_across_processes(out, indices if len(indices) < len(examples) else None, offsets)
     return out
+
+
+def _sum_across_processes(out: np.ndarray, indices: np.ndarray | None, offsets: np.ndarray) -> None:
+    """All-reduce the tokens this call scored (all of `out`, or the slices of `indices`), in bounded chunks."""
+    import torch.distributed as dist
+
+    if indices is None:  # the whole array, reduced in place through views
+        for start in range(0, out.size, _REDUCE_CHUNK):
+            dist.all_reduce(torch.from_numpy(out[start : start + _REDUCE_CHUNK]))
+        return
+    slices = [(int(offsets[i]), int(offsets[i + 1])) for i in np.sort(indices)]
+    flat = np.concatenate([out[a:b] for a, b in slices]) if slices else np.zeros(0, np.float32)
+    _sum_across_processes(flat, None, offsets)
+    pos = 0
+    for a, b in slices:
+        out[a:b] = flat[pos : pos + b - a]
+        pos += b - a

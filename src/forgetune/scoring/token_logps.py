@@ -30,3 +30,30 @@ def response_token_ce(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: in
         [F.cross_entropy(rows[i : i + chunk_rows].float(), targets[i : i + chunk_rows], reduction="none")
          for i in range(0, rows.shape[0], chunk_rows)]
     ) if rows.shape[0] else rows.new_zeros(0, dtype=torch.float32)
+
+
+# Configs whose logits are not just lm_head(hidden): their scoring takes the model's own full forward.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
+
+
+@torch.inference_mode()
+def model_response_token_ce(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            labels: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
+    """`response_token_ce` of a frozen causal LM without its full (B, T, V) logits.
+
+    The decoder's hidden states are gathered at the N response rows first and only those go through the output
+    head, `chunk_rows` at a time: prompt and padding positions cost no head compute, and a 128k vocabulary never
+    holds more than one chunk of logits. Models whose logits are transformed after the head (soft-capping,
+    scaling) or that expose no decoder/head fall back to the plain forward.
+    """
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is None or head is None or any(getattr(model.config, a, None) for a in _LOGIT_TRANSFORMS):
+        return response_token_ce(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels, chunk_rows)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    mask = target_mask(labels)
+    rows, targets = hidden[:, :-1][mask[:, 1:]], labels[mask]
+    return torch.cat([F.cross_entropy(head(rows[i : i + chunk_rows]).float(), targets[i : i + chunk_rows],
+                                      reduction="none") for i in range(0, rows.shape[0], chunk_rows)]
+                     ) if rows.shape[0] else hidden.new_zeros(0, dtype=torch.float32)
