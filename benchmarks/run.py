@@ -1,15 +1,19 @@
 """Speed benchmarks that print ratios measured in the same run: `NAME ratio=X target=Y ok|MISS`.
 
-    python benchmarks/run.py           # 1e8-score partition, forget vs sft step on the tiny model
-    python benchmarks/run.py --quick   # smaller sizes, well under a minute
+    python benchmarks/run.py           # the embedded SmolLM2-135M where a target needs a real model
+    python benchmarks/run.py --quick   # small random models and sizes, about a minute
 
-Covers issue #6 targets 2 and 3 so far (scoring throughput, multi-process, TRL comparison: not yet).
+Targets (issue #6): scoring throughput vs the raw forward of the same models on the same tokens, flat peak RSS of
+scoring at two corpus sizes, a `forget` step vs an `sft` step, the global partition vs np.partition and vs the
+paper's tuples + sorted, and forgetune's `sft` tokens/s vs TRL's SFTTrainer (needs `pip install trl`).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,12 +106,172 @@ def bench_step(steps: int) -> None:
            f"tiny Llama, batch 16 x 128 tokens: forget {1000 * t_forget:.1f} ms, sft {1000 * t_sft:.1f} ms")
 
 
+def small_llama(vocab_size: int, quick: bool):
+    """The embedded SmolLM2-135M (full runs), or a random Llama with a real-sized vocabulary (--quick)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if not quick:
+        from forgetune.models import embedded_model_dir
+
+        return AutoModelForCausalLM.from_pretrained(embedded_model_dir()).eval(), "SmolLM2-135M"
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval(), "random Llama 128x2, vocab 49152"
+
+
+def synthetic_examples(n: int, vocab_size: int, seed: int = 0) -> list:
+    """Chat-like examples: a 30-80 token prompt and a 10-120 token response (the mix of a typical SFT set)."""
+    from forgetune.data.formats import IGNORE_INDEX, Example
+
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        prompt, response = int(rng.integers(30, 80)), int(rng.integers(10, 120))
+        ids = rng.integers(3, vocab_size, prompt + response).tolist()
+        examples.append(Example(f"ex{i}", ids, [IGNORE_INDEX] * prompt + ids[prompt:], []))
+    return examples
+
+
+def bench_scoring(quick: bool) -> None:
+    """Scoring (per-token CE of base and reference) vs the raw forward of the same two models on the same batches."""
+    from forgetune.data.collator import Collator
+    from forgetune.scoring.scorer import token_ce
+
+    vocab, batch_size = 49152, 16
+    base, name = small_llama(vocab, quick)
+    reference = [base, base]  # two frozen models scored one after the other, as the score stage does
+    examples = synthetic_examples(64 if quick else 256, vocab)
+    order = np.argsort([-len(ex.input_ids) for ex in examples], kind="stable")  # the same length-bucketed batches
+    collate = Collator(0)
+    batches = [collate([{"input_ids": examples[i].input_ids, "labels": examples[i].labels}
+                        for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
+
+    @torch.inference_mode()
+    def raw():
+        for model in reference:
+            for b in batches:
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+
+    def ours():
+        for model in reference:
+            token_ce(model, examples, 0, batch_size)
+
+    raw(), ours()  # warm-up
+    t_raw, t_ours = best_of(raw, 2 if quick else 3), best_of(ours, 2 if quick else 3)
+    tokens = 2 * sum(len(ex.input_ids) for ex in examples)
+    ratio = t_raw / t_ours  # throughput ratio: ours tokens/s over raw tokens/s
+    report("scoring_throughput_vs_raw_forward", ratio, ">=0.9", ratio >= 0.9,
+           f"{name}, {len(examples)} examples x 2 models, batch {batch_size}: ours {tokens / t_ours:.0f} tok/s, "
+           f"raw forward {tokens / t_raw:.0f} tok/s")
+
+
+def _scoring_rss(n: int, quick: bool) -> int:
+    """Peak RSS (kB) of a fresh process that scores n synthetic examples into a memory-mapped array."""
+    code = f"""
+import json, resource, sys, tempfile
+import numpy as np
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from run import small_llama, synthetic_examples
+from forgetune.scoring.scorer import example_offsets, token_ce
+model, _ = small_llama(49152, {quick})
+examples = synthetic_examples({n}, 49152)
+with tempfile.TemporaryDirectory() as d:
+    out = np.lib.format.open_memmap(d + "/ce.npy", mode="w+", dtype=np.float32,
+                                    shape=(int(example_offsets(examples)[-1]),))
+    token_ce(model, examples, 0, 16, out=out)
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def bench_scoring_memory(quick: bool) -> None:
+    small, large = (128, 512) if quick else (256, 2048)
+    rss_small, rss_large = _scoring_rss(small, quick), _scoring_rss(large, quick)
+    ratio = rss_large / rss_small
+    report("scoring_peak_rss_growth", ratio, "<=1.1", ratio <= 1.1,
+           f"{small} examples {rss_small / 1024:.0f} MB, {large} examples {rss_large / 1024:.0f} MB "
+           "(scores streamed to a memory-mapped file)")
+
+
+def bench_trl(quick: bool) -> None:
+    """forgetune's `sft` vs TRL's SFTTrainer: same model, data, batch, LoRA, optimiser; train tokens per second."""
+    try:
+        import trl
+    except ImportError:
+        print("sft_tokens_per_s_vs_trl ratio=nan target=>=1.0 MISS  (TRL not installed: pip install trl)")
+        return
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from conftest import TOKENIZER_DIR
+    from forgetune.config import ModelConfig, TrainConfig
+    from forgetune.data.collator import make_features
+    from forgetune.data.formats import Record, tokenize_records
+    from forgetune.models import embedded_model_dir, load_tokenizer, load_trainable
+    from forgetune.objectives import build
+    from forgetune.trainer import fit
+
+    steps, batch = (4, 4) if quick else (8, 8)
+    if quick:
+        model_dir = Path(tempfile.mkdtemp()) / "model"
+        model, _ = small_llama(49152, True)
+        tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+        model.resize_token_embeddings(len(tokenizer))
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    else:
+        model_dir = embedded_model_dir()
+    tokenizer = load_tokenizer(model_dir)
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+             "completion": [{"role": "assistant", "content": f"The answer is {a + b}. " * int(rng.integers(1, 6))}]}
+            for a, b in rng.integers(10, 99, (steps * batch, 2))]
+    records = [Record(f"r{i}", r["prompt"] + r["completion"], f"row {i}") for i, r in enumerate(rows)]
+    examples, _ = tokenize_records(records, tokenizer, max_length=512)
+    tokens = sum(len(ex.input_ids) for ex in examples)
+    lora = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "lora_dropout": 0.0}
+    common = {"learning_rate": 1e-4, "max_steps": steps, "seed": 0}
+
+    def ours() -> float:
+        model = load_trainable(model_dir, ModelConfig(model=str(model_dir), lora=True, lora_dropout=0.0))
+        cfg = TrainConfig(objective="sft", batch_size=batch, save_steps=0, logging_steps=steps, **common)
+        started = time.perf_counter()
+        fit(model, tokenizer, make_features(examples), build(cfg), cfg, Path(tempfile.mkdtemp()), key="bench")
+        return time.perf_counter() - started
+
+    def theirs() -> float:
+        from transformers import AutoModelForCausalLM
+
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(task_type="CAUSAL_LM",
+                                                                                           **lora))
+        args = trl.SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none",
+                             save_strategy="no", logging_steps=steps, use_cpu=not torch.cuda.is_available(),
+                             completion_only_loss=True, max_length=512, disable_tqdm=True, **common)
+        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                 processing_class=tokenizer)
+        started = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - started
+
+    t_ours, t_trl = min(ours(), ours()), min(theirs(), theirs())
+    ratio = t_trl / t_ours  # tokens/s ratio: same tokens, so the inverse time ratio
+    report("sft_tokens_per_s_vs_trl", ratio, ">=1.0", ratio >= 1.0,
+           f"LoRA r16 all-linear, {steps} steps x batch {batch}, {tokens} tokens: ours {tokens / t_ours:.0f} tok/s, "
+           f"TRL {trl.__version__} SFTTrainer {tokens / t_trl:.0f} tok/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (under a minute)")
     args = parser.parse_args()
+    bench_scoring(args.quick)
+    bench_scoring_memory(args.quick)
     bench_partition(10**7 if args.quick else 10**8, 10**5 if args.quick else 10**6)
     bench_step(5 if args.quick else 20)
+    bench_trl(args.quick)
 
 
 if __name__ == "__main__":

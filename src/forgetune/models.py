@@ -145,14 +145,18 @@ def load_trainable(path: Path, cfg: ModelConfig) -> PreTrainedModel:
     return model
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, merge_lora: bool) -> None:
-    """Save a loadable HF model dir atomically (merged weights, or a PEFT adapter dir)."""
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, merge_lora: bool,
+               weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Save a loadable HF model dir atomically (merged weights, or a PEFT adapter dir). `weights`: the full state
+    dict gathered after sharded training, which the process's own (sharded) model does not hold."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel) and merge_lora:
+        if weights is not None:
+            raise ForgetuneError("LoRA under FSDP / ZeRO-3 saves the adapter only: pass --no-merge-lora")
         model = model.merge_and_unload()
     with atomic_path(target, is_dir=True) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
 
 

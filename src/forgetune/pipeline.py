@@ -214,11 +214,11 @@ def reference(run: Run) -> dict[str, Any]:
             train_examples = [run.examples[i] for i in part["train"]]
         log.info("reference %d/%d: SFT on %d examples", k + 1, len(plan), len(train_examples))
         model = load_trainable(run.model_path, run.cfg.model)
-        model, _ = fit(model, run.tokenizer, make_features(train_examples), sft, run.cfg.train,
+        model, _, weights = fit(model, run.tokenizer, make_features(train_examples), sft, run.cfg.train,
                        stage_dir / f"work-{k}", key=fold_key, epochs=epochs, max_steps=max_steps)
         state = process_state()
         if state.is_main_process:
-            save_model(model, run.tokenizer, model_dir, merge_lora=True)
+            save_model(model, run.tokenizer, model_dir, merge_lora=weights is None, weights=weights)
             mark_done(stage_dir / f"fold-{k}", fold_key)
         state.wait_for_everyone()
     if process_state().is_main_process:
@@ -358,9 +358,9 @@ def train(run: Run) -> dict[str, Any]:
     stage_dir = run.stage_dir("train")
     stage_dir.mkdir(parents=True, exist_ok=True)
     model = load_trainable(run.model_path, cfg.model)
-    model, history = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir, key=key)
+    model, history, weights = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir, key=key)
     if process_state().is_main_process:  # under `accelerate launch`: the main process saves and records
-        save_model(model, run.tokenizer, run.dir / "model", cfg.model.merge_lora)
+        save_model(model, run.tokenizer, run.dir / "model", cfg.model.merge_lora, weights)
         write_json(stage_dir / "log_history.json", history)
     steps = [h for h in history if "loss" in h]
     last = steps[-1] if steps else {}

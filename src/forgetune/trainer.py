@@ -67,9 +67,10 @@ def fit(
     key: str,
     epochs: float | None = None,
     max_steps: int | None = None,
-) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """Train in place. Checkpoints go to work_dir/checkpoints and are resumed from only if they were written under the
-    same stage key (same data and config); stale ones are deleted."""
+) -> tuple[torch.nn.Module, list[dict[str, float]], dict[str, torch.Tensor] | None]:
+    """Train in place: (model, log history, full weights when training was sharded, else None). Checkpoints go to
+    work_dir/checkpoints and are resumed from only if they were written under the same stage key (same data and
+    config); stale ones are deleted."""
     ckpt_dir = work_dir / "checkpoints"
     key_file = ckpt_dir / "stage_key"
     state = process_state()
@@ -122,7 +123,11 @@ def fit(
         key_file.write_text(key)
     resume = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
+    # Sharded training (FSDP, DeepSpeed ZeRO-3) leaves each process a shard: gather full weights for the main
+    # process to save (a collective call, so every process makes it).
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
     state.wait_for_everyone()
     if state.is_main_process:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return trainer.model, trainer.state.log_history
+    return trainer.model, trainer.state.log_history, weights

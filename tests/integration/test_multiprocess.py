@@ -61,3 +61,12 @@ def test_two_processes_score_partition_and_train_like_one(tiny_model_dir, arith_
     assert (two / "model" / "config.json").is_file()
     stages = json.loads((two / "summary.json").read_text())["stages"]
     assert stages["train"]["steps"] == 4 and stages["reference"]["mode"] == "cross_fit=2"
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero3"])
+def test_shipped_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parents[2] / "examples" / "accelerate" / f"{name}.yaml"))
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}[name]
+    assert str(config.distributed_type).endswith(expected) and config.num_processes == 8

@@ -208,3 +208,30 @@ def test_token_ce_indices_write_only_their_slices(tiny_model, scored_examples, t
             np.testing.assert_allclose(piece, full[offsets[i] : offsets[i + 1]], rtol=1e-5, atol=1e-5)
         else:
             assert (piece == -1.0).all()
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_head_on_response_rows_only_equals_the_full_forward(softcap):
+    """Scoring runs the output head on the response rows only (in chunks); it must equal CE of the full logits,
+    and a model whose logits are transformed after the head (soft-capping) must take the full forward instead."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from forgetune.scoring.token_logps import model_response_token_ce
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    model = LlamaForCausalLM(config).eval()
+    if softcap is not None:
+        model.config.final_logit_softcapping = softcap
+    input_ids = torch.randint(1, 50, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 6:] = 0  # a right-padded row
+    labels = input_ids.clone()
+    labels[:, :3] = IGNORE_INDEX
+    labels[2, 6:] = IGNORE_INDEX
+    with torch.no_grad():
+        expected = loop_ce(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+    got = model_response_token_ce(model, input_ids, attention_mask, labels, chunk_rows=4)
+    assert got.shape == (int(target_mask(labels).sum()),)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
