@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
 }
 BENCH_HELP = "compare methods x seeds on a benchmark with ground-truth noise (tables, JSON, CSV, plots)"
 EVAL_HELP = "evaluate a run or model: exact match, perplexity, diversity, memorised noise, noise detection"
+REPORT_HELP = "one self-contained HTML page of a run: config, timings, losses, score histogram, token heat map"
 
 
 def _optional(kind: type) -> Callable[[str], Any]:
@@ -82,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(sub.add_parser(name, help=help_text, description=help_text))
     from forgetune.bench import BenchConfig
     from forgetune.evaluate import EvalConfig
+    from forgetune.report import ReportConfig
 
     add_dataclass_parser(sub, "eval", EvalConfig, EVAL_HELP, "RUN_OR_MODEL")
     add_dataclass_parser(sub, "bench", BenchConfig, BENCH_HELP, "NAME")
+    add_dataclass_parser(sub, "report", ReportConfig, REPORT_HELP, "RUN_DIR")
     return parser
 
 
@@ -147,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = BenchConfig(**args)
             run_bench(cfg)
             print((Path(cfg.results) / cfg.name / "results.md").read_text())
+            return 0
+        if command == "report":
+            from forgetune.report import ReportConfig, write_report
+
+            print(write_report(ReportConfig(**args)))
             return 0
         base = None
         if command == "demo":
