@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -16,6 +21,8 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0,
                 "num_return_sequences": samples} if temperature > 0 else {"do_sample": False}
     answers: list[str] = []
+    bar = tqdm(total=len(texts) * samples, desc="generating", unit="answer", leave=False,
+               disable=not log.isEnabledFor(logging.INFO))
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
                           padding_side="left", add_special_tokens=False).to(device)
@@ -23,5 +30,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
                              eos_token_id=tokenizer.eos_token_id, **sampling)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        bar.update(len(new_tokens))
+    bar.close()
     return answers
 
