@@ -10,7 +10,7 @@ import typing
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from forgetune.config import SECTIONS, field_index, resolve
 from forgetune.errors import ForgetuneError
@@ -73,8 +73,16 @@ def add_dataclass_parser(sub, command: str, cls: type, help_text: str, positiona
         add_flag(parser, f.name, kind, f.default, f.metadata["help"])
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags get one line and exit 2, like every other bad input (argparse would print its usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("forgetune").strip()
+        self.exit(2, f"forgetune: error: {where + ': ' if where else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="forgetune",
         description="Token-level forgetting for LLM fine-tuning: learn the useful tokens, forget the misleading ones.",
     )

@@ -101,6 +101,11 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "Gradient clipping norm (the forgetting term needs it on).")
     logging_steps: int = option(5, "Log losses every N steps.")
     save_steps: int = option(0, "If > 0, checkpoint every N steps so an interrupted stage resumes.")
+    max_negative_term: float | None = option(
+        100.0, "Stop training (keeping the last checkpoint) when a batch's mean negative term exceeds this in "
+        "magnitude, in nats: beyond ~87 a float32 probability underflows and the forgetting only pushes logits "
+        "apart. 'none': no bound. A non-finite loss always stops training."
+    )
     seed: int = option(42, "Seed of data order, subsets, folds and initialisation.")
 
 
@@ -145,6 +150,14 @@ class RunConfig:
             raise ForgetuneError(f"lambda_min ({t.lambda_min}) must not exceed lambda_max ({t.lambda_max})")
         if not (math.isfinite(t.npo_beta) and t.npo_beta > 0):
             raise ForgetuneError(f"npo_beta must be > 0, got {t.npo_beta}")
+        for name in ("learning_rate", "weight_decay", "max_grad_norm"):
+            value = getattr(t, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")
+        if t.max_negative_term is not None and not t.max_negative_term > 0:
+            raise ForgetuneError(f"max_negative_term must be > 0 (or none: no bound), got {t.max_negative_term}")
+        if t.save_steps < 0:
+            raise ForgetuneError(f"save_steps must be >= 0 (0: no checkpoints), got {t.save_steps}")
         if not 0.0 <= t.warmup_ratio < 1.0:
             raise ForgetuneError(f"warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.logging_steps < 1:
@@ -165,6 +178,8 @@ class RunConfig:
                             ("max_length", self.data.max_length), ("score_batch_size", self.score.score_batch_size)):
             if value < 1:
                 raise ForgetuneError(f"{name} must be >= 1, got {value}")
+        if self.model.lora_r < 1:
+            raise ForgetuneError(f"lora_r must be >= 1, got {self.model.lora_r}")
         if self.model.dtype not in ("float32", "bfloat16", "float16"):
             raise ForgetuneError(f"dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
         return self
@@ -249,6 +264,8 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str) -> R
                     raise ForgetuneError(f"{source}: unknown field '{sub_key}' in section '{key}'")
                 setattr(getattr(cfg, key), sub_key, _coerce(sub_value, info, source))
             continue
+        if key in SECTIONS and key not in index:
+            raise ForgetuneError(f"{source}: section '{key}' must be a mapping of field: value, got {value!r}")
         if key not in index:
             raise ForgetuneError(f"{source}: unknown config field '{key}' (see forgetune run --help)")
         info = index[key]
@@ -259,10 +276,17 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str) -> R
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ForgetuneError(f"{path}: is a directory, not a YAML config file")
     if not path.is_file():
         raise ForgetuneError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ForgetuneError(f"{path}:{line}: not valid UTF-8 text; re-encode the file as UTF-8") from None
+    except OSError as e:
+        raise ForgetuneError(f"{path}: cannot read the config file ({e.strerror})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

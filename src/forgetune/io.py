@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,32 +16,76 @@ from typing import Any
 
 import numpy as np
 
+from forgetune.errors import ForgetuneError
+
 DONE_MARKER = ".done.json"
+TMP_SUFFIX = ".tmp"  # atomic_path's temporaries: .NAME.XXXXXXXX.tmp beside NAME
+# A full disk or quota: the user can fix it; any other OSError inside a write is left as it is.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; move it into place only if the block succeeds."""
+    """Yield a temporary sibling of `path`; move it into place only if the block succeeds.
+
+    A full disk while writing is one ForgetuneError naming `path`; whatever was at `path` before is left intact.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(path)
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:
+        if _no_space(e) or isinstance(e, PermissionError | NotADirectoryError | FileExistsError):
+            raise _write_error(path, e.strerror) from None
+        raise
     os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())  # mkstemp/mkdtemp are private (0600/0700)
     try:
         yield tmp
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if _no_space(e):
+            raise _write_error(path, "no space left on device") from None
         raise
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Temporaries of `path` that a killed process left behind (a score folder is corpus-sized, a model dir
+    model-sized): each is `.NAME.XXXXXXXX.tmp`, 8 random characters, so no other artefact's name matches."""
+    leftover = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(TMP_SUFFIX)}")
+    for sibling in path.parent.iterdir():
+        if leftover.fullmatch(sibling.name):
+            if sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+
+
+def _no_space(e: BaseException) -> bool:
+    """A full disk or quota, as an OSError or wrapped by a library (torch, safetensors) in its own error type."""
+    if isinstance(e, OSError) and e.errno in NO_SPACE:
+        return True
+    if isinstance(e, ForgetuneError) or not isinstance(e, Exception):
+        return False
+    return "No space left on device" in str(e) or "os error 28" in str(e)
+
+
+def _write_error(path: Path, reason: str | None) -> ForgetuneError:
+    return ForgetuneError(
+        f"{path}: cannot write it ({reason}); free disk space or fix the folder and rerun the same command "
+        f"(finished stages are kept; the previous {path.name}, if any, is intact)"
+    )
 
 
 def _umask() -> int:

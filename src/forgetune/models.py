@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from forgetune.config import ModelConfig
@@ -90,7 +91,10 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise ForgetuneError(f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+        raise ForgetuneError(
+            f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]}); the model folder needs the tokenizer files "
+            "that tokenizer.save_pretrained writes (tokenizer.json, tokenizer_config.json)"
+        ) from None
     if not tokenizer.chat_template:
         log.warning("%s has no chat template; using forgetune's fallback (### Role: headers)", path)
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -111,8 +115,9 @@ def load_model(path: Path, dtype: str = "float32") -> PreTrainedModel:
     try:
         AutoConfig.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    except (OSError, ValueError, KeyError) as e:
-        raise ForgetuneError(f"{path}: cannot load a causal language model ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # broken or mismatched weights
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ForgetuneError(f"{path}: cannot load a causal language model ({reason})") from None
     return model.to(device())
 
 

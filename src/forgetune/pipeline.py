@@ -125,13 +125,19 @@ def open_run(cfg: RunConfig) -> Run:
     if cfg.reference.reference_data and not Path(cfg.reference.reference_data).exists():
         raise ForgetuneError(f"{cfg.reference.reference_data}: reference data file not found")
     run_dir = Path(cfg.output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ForgetuneError(f"{run_dir}: exists and is not a directory; pass a new or existing run folder to --output")
     model_path = resolve_model_path(cfg.model.model)
     tokenizer = load_tokenizer(model_path)
     d = cfg.data
     examples, counts = load_examples(d.data, tokenizer, d.format, d.max_length, d.system_prompt)
     data_key = hash_obj("data", fingerprint_path(d.data), dataclasses.asdict(d), model_fingerprint(model_path))
     if process_state().is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ForgetuneError(f"{run_dir}: cannot create the run folder ({e.strerror}); pass another --output"
+                                 ) from None
         write_text(run_dir / "config.yaml", dump_yaml(cfg))
     log.info("data: %d examples, %d response tokens (%d truncated, %d skipped empty)", counts["examples"],
              sum(ex.num_response_tokens for ex in examples), counts["truncated"], counts["skipped_empty"])
@@ -180,7 +186,8 @@ def reference_plan(run: Run) -> list[dict[str, Any]]:
         return [{"train": "reference_data", "score": None}]
     if r.cross_fit >= 2:
         if r.cross_fit > n:
-            raise ForgetuneError(f"cross_fit={r.cross_fit} needs at least that many examples (have {n})")
+            raise ForgetuneError(f"cross_fit={r.cross_fit} needs at least that many examples (have {n}); "
+                                 "pass a smaller --cross-fit, or --cross-fit 1 for one reference on a subset")
         fold = np.empty(n, dtype=np.int64)
         fold[perm] = np.arange(n) % r.cross_fit
         return [{"train": np.flatnonzero(fold != k).tolist(), "score": np.flatnonzero(fold == k).tolist()}
@@ -287,7 +294,7 @@ def load_scores(run: Run, name: str = "scores") -> np.ndarray:
     if ids != [ex.id for ex in run.examples] or not np.array_equal(offsets, example_offsets(run.examples)):
         raise ForgetuneError(
             f"{score_dir}: the scores belong to another dataset or tokenisation (stale cache); "
-            "rerun `forgetune score` on this data"
+            f"delete {score_dir} and rerun `forgetune score` on this data"
         )
     return load_npy(score_dir / f"{name}.npy")
 
@@ -312,7 +319,8 @@ def partition(run: Run) -> dict[str, Any]:
         polarity = partition_polarity(scores, offsets, p.rho, p.granularity, run.cfg.train.batch_size,
                                       p.negative_below, p.neutral)
     except ValueError as e:
-        raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: {e}") from None
+        raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: {e} (delete {run.stage_dir('score')} first: "
+                             "an up-to-date stage is otherwise skipped)") from None
     stage_dir = run.stage_dir("partition")
     stage_dir.mkdir(parents=True, exist_ok=True)
     save_npy(stage_dir / "polarity.npy", polarity)

@@ -7,6 +7,7 @@ SFT step costs. The trainer never looks at which objective it runs.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 
 from forgetune.config import TrainConfig
 from forgetune.data.collator import Collator
@@ -25,10 +27,32 @@ from forgetune.scoring.token_logps import response_token_ce, target_mask
 log = logging.getLogger(__name__)
 
 
+class TrainingDiverged(ForgetuneError):
+    """Raised inside a training step, before its gradient is applied: the weights are still the last good ones."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+def divergence(loss: torch.Tensor, metrics: dict[str, float], max_negative_term: float | None) -> str | None:
+    """Why a micro-batch's loss must not be applied (a non-finite loss, an exploding negative term), else None."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return (f"the loss is {value}; lower --learning-rate, keep --max-grad-norm on, and check the run's "
+                "score files")
+    neg = metrics.get("neg_term")
+    if neg is not None and max_negative_term is not None and not abs(neg) <= max_negative_term:
+        return (f"the negative term reached {neg:.4g}, beyond --max-negative-term {max_negative_term:g}; lower "
+                "--lambda-max, use a bounded objective (forget-npo, forget-unlikelihood) or raise the bound")
+    return None
+
+
 class ObjectiveTrainer(Trainer):
-    def __init__(self, *args: Any, objective: Objective, **kwargs: Any):
+    def __init__(self, *args: Any, objective: Objective, max_negative_term: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.objective = objective
+        self.max_negative_term = max_negative_term
         self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let Trainer divide by GA steps
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, list[float]] = defaultdict(list)
@@ -45,9 +69,20 @@ class ObjectiveTrainer(Trainer):
         progress = self.state.global_step / max(self.state.max_steps, 1)
         loss, metrics = self.objective(ce, tokens, progress)
         if model.training:
+            self.check_divergence(loss, metrics)
             for key, value in metrics.items():
                 self._metrics[key].append(float(value))
         return (loss, outputs) if return_outputs else loss
+
+    def check_divergence(self, loss: torch.Tensor, metrics: dict[str, float]) -> None:
+        """Stop before a diverged loss reaches the weights; every process stops together (no one left waiting)."""
+        reason = divergence(loss, metrics, self.max_negative_term)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(torch.tensor([float(reason is not None)], device=loss.device), "sum")
+            if reason is None and flag.item() > 0:
+                reason = "another process diverged (its own line says why)"
+        if reason is not None:
+            raise TrainingDiverged(self.state.global_step + 1, reason)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key, values in self._metrics.items():
@@ -75,9 +110,16 @@ def fit(
     key_file = ckpt_dir / "stage_key"
     state = process_state()
     stale = ckpt_dir.is_dir() and (not key_file.is_file() or key_file.read_text() != key)
+    partial = [] if stale or not ckpt_dir.is_dir() else [
+        p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and not (p / TRAINER_STATE_NAME).is_file()
+    ]
     state.wait_for_everyone()  # every process has looked before the main one deletes
-    if stale and state.is_main_process:
-        shutil.rmtree(ckpt_dir)
+    if state.is_main_process:
+        if stale:
+            shutil.rmtree(ckpt_dir)
+        for path in partial:  # cut short by a kill while being written: cannot be resumed from
+            log.warning("%s: removing an incomplete checkpoint (interrupted while being saved)", path)
+            shutil.rmtree(path, ignore_errors=True)
     state.wait_for_everyone()
     dtype = next(model.parameters()).dtype
     on_gpu = torch.cuda.is_available()
@@ -115,14 +157,20 @@ def fit(
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         objective=objective,
+        max_negative_term=cfg.max_negative_term,
     )
     if args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines either
     if args.save_strategy != "no" and trainer.is_world_process_zero():
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(key)
-    resume = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    resume = last_checkpoint(ckpt_dir)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except TrainingDiverged as e:  # the checkpoints stay: only a finished training removes them
+        kept = last_checkpoint(ckpt_dir)
+        where = f"the last good checkpoint is kept: {kept}" if kept else "no checkpoint was saved before it"
+        raise ForgetuneError(f"{work_dir}: training diverged at step {e.step}: {e.reason}; {where}") from None
     # Sharded training (FSDP, DeepSpeed ZeRO-3) leaves each process a shard: gather full weights for the main
     # process to save (a collective call, so every process makes it).
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
@@ -131,3 +179,10 @@ def fit(
     if state.is_main_process:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return trainer.model, trainer.state.log_history, weights
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint: transformers writes trainer_state.json last, so a checkpoint cut short by a
+    kill has none and is passed over (transformers' own lookup would pick it by its number alone)."""
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if p.name[11:].isdigit() and (p / TRAINER_STATE_NAME).is_file()]
+    return max(done, key=lambda p: int(p.name[11:]), default=None)

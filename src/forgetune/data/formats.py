@@ -55,7 +55,10 @@ def _read_raw(path: Path) -> list[tuple[str, Any]]:
 
             ds = datasets.load_from_disk(str(path))
         except Exception as e:  # datasets raises many types for a folder that is not a saved dataset
-            raise ForgetuneError(f"{path}: not a datasets.save_to_disk folder ({str(e).splitlines()[0]})") from None
+            raise ForgetuneError(
+                f"{path}: not a datasets.save_to_disk folder ({str(e).splitlines()[0]}); pass a .jsonl, .json or "
+                ".parquet file, or a folder written by save_to_disk"
+            ) from None
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
                 raise ForgetuneError(f"{path}: a DatasetDict needs a 'train' split (has {', '.join(ds)})")
@@ -71,9 +74,13 @@ def _read_raw(path: Path) -> list[tuple[str, Any]]:
             raise ForgetuneError(f"{path}: cannot read Parquet ({str(e).splitlines()[0]})") from None
         return [(f"{path}:row {i}", row) for i, row in enumerate(rows)]
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ForgetuneError(f"{path}: cannot read the file ({e.strerror}); check that it is a readable file") from None
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark (Windows editors) is not content
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + 1
         raise ForgetuneError(f"{path}:{line}: not valid UTF-8 text; re-encode the file as UTF-8") from None
     if suffix == ".jsonl":
         out = []
@@ -82,20 +89,31 @@ def _read_raw(path: Path) -> list[tuple[str, Any]]:
                 continue
             try:
                 out.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ForgetuneError(f"{path}:{number}: malformed JSON ({e.msg}); fix or remove that line") from None
+            except (ValueError, RecursionError) as e:
+                raise ForgetuneError(f"{path}:{number}: malformed JSON ({_json_problem(e)}); fix or remove that line"
+                                     ) from None
         return out
     if suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ForgetuneError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            line = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise ForgetuneError(f"{path}{line}: malformed JSON ({_json_problem(e)})") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise ForgetuneError(f"{path}: a .json corpus must be a list of records (or {{\"data\": [...]}})")
         return [(f"{path}:record {i}", row) for i, row in enumerate(data)]
     raise ForgetuneError(f"{path}: unknown file type {suffix!r}; use .jsonl, .json, .parquet or a datasets folder")
+
+
+def _json_problem(e: Exception) -> str:
+    """json.loads' reason in a few words: its message, or what the non-JSONDecodeError failures mean."""
+    if isinstance(e, json.JSONDecodeError):
+        return e.msg
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).split(";")[0]  # e.g. an integer with more digits than Python converts
 
 
 def detect_format(row: dict[str, Any], where: str) -> str:
@@ -119,6 +137,17 @@ def _text(row: dict[str, Any], key: str, where: str, required: bool = True) -> s
         return ""
     if not isinstance(value, str):
         raise ForgetuneError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    return _unicode(value, where, f"field '{key}'")
+
+
+def _unicode(value: str, where: str, name: str) -> str:
+    """JSON may escape a lone UTF-16 surrogate ("\\ud800"): a Python str that no tokenizer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ForgetuneError(
+            f"{where}: {name} holds an unpaired surrogate escape (like \\ud800), which is not text; fix that string"
+        ) from None
     return value
 
 
@@ -129,7 +158,8 @@ def _check_messages(messages: Any, where: str, key: str) -> list[dict[str, str]]
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise ForgetuneError(f"{where}: {key}[{i}] must be {{\"role\": str, \"content\": str}}")
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({"role": _unicode(m["role"], where, f"{key}[{i}].role"),
+                    "content": _unicode(m["content"], where, f"{key}[{i}].content")})
     return out
 
 
@@ -219,7 +249,7 @@ def tokenize_messages(tokenizer, messages: list[dict[str, str]], where: str) -> 
 
 
 def tokenize_records(
-    records: Sequence[Record], tokenizer, max_length: int
+    records: Sequence[Record], tokenizer, max_length: int, warn: bool = True
 ) -> tuple[list[Example], dict[str, int]]:
     """Tokenise, truncate to max_length and drop examples with no response token; returns (examples, counts)."""
     examples, truncated, empty = [], 0, 0
@@ -236,17 +266,27 @@ def tokenize_records(
             continue
         last_assistant = max(i for i, m in enumerate(r.messages) if m["role"] == "assistant")
         examples.append(Example(r.id, input_ids, labels, r.messages[:last_assistant], r.meta))
-    if empty:
-        log.warning("skipped %d example(s) with an empty response (or one truncated away)", empty)
-    if truncated:
-        log.warning("truncated %d example(s) to max_length=%d tokens", truncated, max_length)
-    return examples, {"examples": len(examples), "skipped_empty": empty, "truncated": truncated}
+    counts = {"examples": len(examples), "skipped_empty": empty, "truncated": truncated}
+    if warn:
+        warn_counts(counts, max_length)
+    return examples, counts
+
+
+def warn_counts(counts: dict[str, int], max_length: int) -> None:
+    if counts["skipped_empty"]:
+        log.warning("skipped %d example(s) with an empty response (or one truncated away)", counts["skipped_empty"])
+    if counts["truncated"]:
+        log.warning("truncated %d example(s) to max_length=%d tokens", counts["truncated"], max_length)
 
 
 def load_examples(path: str | Path, tokenizer, fmt: str = "auto", max_length: int = 512,
                   system_prompt: str | None = None) -> tuple[list[Example], dict[str, int]]:
     records = load_records(path, fmt, system_prompt)
-    examples, counts = tokenize_records(records, tokenizer, max_length)
-    if not examples:
-        raise ForgetuneError(f"{path}: no usable example (all responses empty or truncated away)")
+    examples, counts = tokenize_records(records, tokenizer, max_length, warn=False)
+    if not examples:  # one error line, without the warnings that would only repeat it
+        raise ForgetuneError(
+            f"{path}: no usable example (all {len(records)} responses empty or truncated away at "
+            f"max_length={max_length}); give the records assistant answers, or raise --max-length"
+        )
+    warn_counts(counts, max_length)
     return examples, counts
