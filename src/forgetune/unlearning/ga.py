@@ -1,0 +1,14 @@
+"""Gradient ascent on the forget set: loss = -(per-token forget NLL). The simplest baseline, and unbounded: with
+nothing holding it, the forget NLL (and the retain NLL with it) can grow without limit, hence GradDiff and NPO."""
+
+from forgetune.unlearning import register
+from forgetune.unlearning.base import UnlearnMethod
+
+
+@register("ga")
+class GradientAscent(UnlearnMethod):
+    def __init__(self, retain_weight: float = 0.0):
+        super().__init__(retain_weight)
+
+    def forget_term(self, batch):
+        return -batch.forget_mean()

@@ -1,0 +1,30 @@
+"""Negative Preference Optimization (Zhang et al., 2024, arXiv 2404.05868), per forget sequence.
+
+L_f = -(2 / beta) * mean_i log sigmoid(-beta * log(pi_theta(y_i) / pi_ref(y_i)))
+    = -(2 / beta) * mean_i log sigmoid(beta * (NLL_theta(y_i) - NLL_ref(y_i))),   NLL = summed over the response.
+It is (2 / beta) * log 2 at theta = ref, its gradient w.r.t. NLL_theta is -2 * sigmoid(-beta * diff) < 0 (so
+minimising raises the forget NLL), and it decays to 0 as the forget data falls below the reference: bounded,
+unlike GA. Plus `retain_weight` times the per-token retain NLL.
+"""
+
+import torch.nn.functional as F
+
+from forgetune.unlearning import register
+from forgetune.unlearning.base import UnlearnMethod
+
+
+@register("npo")
+class NPO(UnlearnMethod):
+    forget_is_positive = True
+
+    def __init__(self, beta: float = 0.1, retain_weight: float = 1.0):  # beta 0.1: the paper's and the issue's
+        super().__init__(retain_weight)
+        if beta <= 0:
+            raise ValueError(f"npo beta must be > 0, got {beta}")
+        self.beta = beta
+
+    def forget_term(self, batch):
+        if batch.forget_ref_nll is None:
+            raise ValueError("npo needs forget_ref_nll: the forget sequences' NLL under the frozen reference model")
+        diff = batch.forget_nll - batch.forget_ref_nll.detach()
+        return -(2.0 / self.beta) * F.logsigmoid(self.beta * diff).mean()
