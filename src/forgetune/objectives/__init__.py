@@ -5,41 +5,18 @@ The trainer only calls `objective(ce, tokens, progress)`; it never branches on t
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from forgetune.config import TrainConfig
-from forgetune.errors import ForgetuneError
 from forgetune.objectives.base import Objective, TokenBatch
+from forgetune.registry import Registry
 
-REGISTRY: dict[str, type[Objective]] = {}
-
-
-def register(name: str):
-    def wrap(cls: type[Objective]) -> type[Objective]:
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _import_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base":
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-def names() -> list[str]:
-    _import_all()
-    return sorted(REGISTRY)
+_registry = Registry(__name__, __path__, "objective")
+REGISTRY = _registry.classes
+register = _registry.register
+names = _registry.names
 
 
 def build(cfg: TrainConfig) -> Objective:
-    _import_all()
-    if cfg.objective not in REGISTRY:
-        raise ForgetuneError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(names())}")
-    return REGISTRY[cfg.objective].from_config(cfg)
+    return _registry.get(cfg.objective).from_config(cfg)
 
 
 __all__ = ["Objective", "TokenBatch", "build", "names", "register"]

@@ -12,45 +12,23 @@ NLLs, so it sits on the same per-token CE the SFT objectives use; losses are cal
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
-from forgetune.errors import ForgetuneError
+from forgetune.registry import Registry
 from forgetune.unlearning.base import UnlearnBatch, UnlearnMethod, token_mean
 
-REGISTRY: dict[str, type] = {}
-
-
-def register(name: str):
-    def wrap(cls: type) -> type:
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _import_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base":
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-def names() -> list[str]:
-    _import_all()
-    return sorted(REGISTRY)
+_registry = Registry(__name__, __path__, "unlearning method")
+REGISTRY = _registry.classes
+register = _registry.register
+names = _registry.names
 
 
 def build(name: str, **params: Any) -> Any:
     """The method registered as `name`, constructed with `params` (each method's `__init__` lists them)."""
-    _import_all()
-    if name not in REGISTRY:
-        raise ForgetuneError(f"unknown unlearning method {name!r}; choose one of {', '.join(names())}")
-    return REGISTRY[name](**params)
+    return _registry.get(name)(**params)
 
 
-_import_all()
+_registry.load_all()
 from forgetune.unlearning.l1sparse import l1_penalty, prune  # noqa: E402
 from forgetune.unlearning.surgery import apply_surgery, surgery_direction  # noqa: E402
 
