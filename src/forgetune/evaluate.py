@@ -128,6 +128,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         from forgetune.lmeval import run_lm_eval
 
         tasks = [t.strip() for t in cfg.lm_eval_tasks.split(",") if t.strip()]
+        if not tasks:
+            raise ForgetuneError(f"--lm-eval-tasks {cfg.lm_eval_tasks!r} names no task; pass e.g. --lm-eval-tasks a,b")
         include = Path(cfg.lm_eval_include) if cfg.lm_eval_include else None
         results["lm_eval"] = run_lm_eval(model_dir, tasks, include, cfg.batch_size, cfg.lm_eval_limit)
     report = cfg.report or (run_dir / "eval.json" if run_dir else None)

@@ -118,3 +118,9 @@ def test_cli_eval_runs_lm_eval_tasks_without_data(tiny_model_dir, mc_task, tmp_p
     assert json.loads(report.read_text())["lm_eval"][TASK]["acc"] == 0.5
     assert main(["eval", str(tiny_model_dir), "--quiet"]) == 2
     assert "--lm-eval-tasks" in capsys.readouterr().err
+
+
+def test_cli_empty_task_list_is_a_one_line_error(tiny_model_dir, capsys):
+    assert main(["eval", str(tiny_model_dir), "--lm-eval-tasks", ",", "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "forgetune: error: --lm-eval-tasks ',' names no task; pass e.g. --lm-eval-tasks a,b"]
