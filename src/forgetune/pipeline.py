@@ -249,7 +249,8 @@ def score(run: Run) -> dict[str, Any]:
         raise ForgetuneError(f"{ref_dir}: no up-to-date reference model; run `forgetune reference` first")
     started, cfg = time.time(), run.cfg
     plan = read_json(ref_dir / "plan.json")
-    pad, n_tokens = run.tokenizer.pad_token_id, int(example_offsets(run.examples)[-1])
+    pad, offsets = run.tokenizer.pad_token_id, example_offsets(run.examples)
+    n_tokens = int(offsets[-1])
     main = process_state().is_main_process
     # The main process streams its arrays into the stage's temporary folder (memory stays flat in the corpus size);
     # under `accelerate launch` the others hold in-memory partial arrays that the all-reduce fills in.
@@ -277,7 +278,7 @@ def score(run: Run) -> dict[str, Any]:
         if tmp is not None:
             for written in (ce_base, ce_ref, scores):
                 written.flush()
-            save_npy(tmp / "offsets.npy", example_offsets(run.examples))
+            save_npy(tmp / "offsets.npy", offsets)
             write_json(tmp / "ids.json", [ex.id for ex in run.examples])
         stats = {"tokens": int(scores.size), "mean_score": float(scores.mean()),
                  "mean_ce_base": float(ce_base.mean()), "mean_ce_ref": float(ce_ref.mean())}

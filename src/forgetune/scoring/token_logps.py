@@ -26,10 +26,17 @@ def response_token_ce(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: in
     targets = labels[mask]  # (N,)
     if torch.is_grad_enabled() and rows.requires_grad:
         return F.cross_entropy(rows.float(), targets, reduction="none")
-    return torch.cat(
-        [F.cross_entropy(rows[i : i + chunk_rows].float(), targets[i : i + chunk_rows], reduction="none")
-         for i in range(0, rows.shape[0], chunk_rows)]
-    ) if rows.shape[0] else rows.new_zeros(0, dtype=torch.float32)
+    return _chunked_ce(rows, targets, chunk_rows)
+
+
+def _chunked_ce(rows: torch.Tensor, targets: torch.Tensor, chunk_rows: int, head=None) -> torch.Tensor:
+    """CE of (N, ·) rows `chunk_rows` at a time, each chunk through `head` first (hidden states -> logits) if given,
+    so at most one chunk of fp32 logits exists at once."""
+    if not rows.shape[0]:
+        return rows.new_zeros(0, dtype=torch.float32)
+    return torch.cat([F.cross_entropy((rows[i : i + chunk_rows] if head is None else head(rows[i : i + chunk_rows]))
+                                      .float(), targets[i : i + chunk_rows], reduction="none")
+                      for i in range(0, rows.shape[0], chunk_rows)])
 
 
 # Configs whose logits are not just lm_head(hidden): their scoring takes the model's own full forward.
@@ -53,7 +60,4 @@ def model_response_token_ce(model: torch.nn.Module, input_ids: torch.Tensor, att
         return response_token_ce(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels, chunk_rows)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     mask = target_mask(labels)
-    rows, targets = hidden[:, :-1][mask[:, 1:]], labels[mask]
-    return torch.cat([F.cross_entropy(head(rows[i : i + chunk_rows]).float(), targets[i : i + chunk_rows],
-                                      reduction="none") for i in range(0, rows.shape[0], chunk_rows)]
-                     ) if rows.shape[0] else hidden.new_zeros(0, dtype=torch.float32)
+    return _chunked_ce(hidden[:, :-1][mask[:, 1:]], labels[mask], chunk_rows, head)
