@@ -82,13 +82,24 @@ class PartitionConfig:
 
 @dataclass
 class TrainConfig:
-    objective: str = option("forget-npo", "Training objective: sft, ignore, forget, forget-unlikelihood, forget-npo.")
+    objective: str = option(
+        "forget-npo", "Training objective: sft, ignore, forget, forget-unlikelihood, forget-npo, forget-constrained."
+    )
     lambda_max: float = option(0.25, "Final weight of the negative term (lambda ramps linearly over the run).")
     lambda_min: float = option(0.0, "Initial weight of the negative term.")
     npo_beta: float = option(0.1, "Inverse temperature of the NPO-style negative term.")
     negative_mean: str = option(
         "tokens", "Normaliser of the negative term: 'negatives' (mean over the batch's negatives, the paper's) or "
         "'tokens' (sum over negatives / all scored tokens: each negative weighs lambda times a positive)."
+    )
+    constraint_weight: float = option(
+        1.0, "forget-constrained: starting (and minimum) weight w0 of log(positive CE) in log(F) + w * log(pos. CE)."
+    )
+    constraint_eta: float = option(
+        5.0, "forget-constrained: dual step size; w grows by eta per unit rise of log(positive CE) beyond eps."
+    )
+    constraint_eps: float = option(
+        0.0, "forget-constrained: allowed rise of log(positive CE) per step before w grows (0: none)."
     )
     learning_rate: float = option(5e-5, "Peak learning rate (AdamW).")
     lr_scheduler: str = option("linear", "transformers learning-rate schedule name.")
@@ -150,7 +161,8 @@ class RunConfig:
             raise ForgetuneError(f"lambda_min ({t.lambda_min}) must not exceed lambda_max ({t.lambda_max})")
         if not (math.isfinite(t.npo_beta) and t.npo_beta > 0):
             raise ForgetuneError(f"npo_beta must be > 0, got {t.npo_beta}")
-        for name in ("learning_rate", "weight_decay", "max_grad_norm"):
+        for name in ("learning_rate", "weight_decay", "max_grad_norm", "constraint_weight", "constraint_eta",
+                     "constraint_eps"):
             value = getattr(t, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from forgetune import ForgetuneError, objectives
-from forgetune.config import TrainConfig
+from forgetune.config import TrainConfig, resolve
 from forgetune.objectives import TokenBatch
 from forgetune.schedules import linear_ramp
 
-ALL_OBJECTIVES = ("sft", "ignore", "forget", "forget-unlikelihood", "forget-npo")
+ALL_OBJECTIVES = ("sft", "ignore", "forget", "forget-unlikelihood", "forget-npo", "forget-constrained")
 LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
 
 
@@ -65,9 +65,10 @@ def test_registry_rejects_unknown_objective():
 
 def test_objectives_declare_what_they_need():
     assert not build("sft").needs_partition
-    for name in ("ignore", "forget", "forget-unlikelihood", "forget-npo"):
+    for name in ("ignore", "forget", "forget-unlikelihood", "forget-npo", "forget-constrained"):
         assert build(name).needs_partition, name
     assert build("forget-npo").needs_base_ce
+    assert build("forget-constrained").needs_base_ce
     assert not build("forget").needs_base_ce
 
 
@@ -193,7 +194,7 @@ def test_forget_no_positives_is_finite():
     assert loss.item() == pytest.approx(-1.5)
 
 
-@pytest.mark.parametrize("name", ["ignore", "forget", "forget-unlikelihood", "forget-npo"])
+@pytest.mark.parametrize("name", ["ignore", "forget", "forget-unlikelihood", "forget-npo", "forget-constrained"])
 def test_empty_token_batch_is_finite(name):
     """N = 0 response tokens: every masked mean is 0 / 1 = 0, so the loss is exactly 0."""
     ce = leaf([])
@@ -315,3 +316,118 @@ def test_negative_mean_tokens_weighs_each_token_equally():
     per_token = build("forget", lambda_min=0.5, lambda_max=0.5, negative_mean="tokens")
     assert per_negative(ce, tokens, 1.0)[0].item() == pytest.approx(0.0)
     assert per_token(ce, tokens, 1.0)[0].item() == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- forget-constrained
+
+
+def test_constrained_is_built_by_name_from_the_config():
+    obj = objectives.build(
+        TrainConfig(objective="forget-constrained", constraint_weight=0.5, constraint_eta=2.0, constraint_eps=0.1,
+                    npo_beta=0.3)
+    )
+    assert type(obj).__name__ == "ForgetConstrained" and obj.name == "forget-constrained"
+    c = obj.constraint
+    assert (c.weight, c.eta, c.eps, c.min_weight, obj.npo.beta) == (0.5, 2.0, 0.1, 0.5, 0.3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"constraint_eta": -1.0}, "constraint_eta must be a finite number >= 0"),
+        ({"constraint_weight": -0.5}, "constraint_weight must be a finite number >= 0"),
+        ({"constraint_eps": float("nan")}, "constraint_eps must be a finite number >= 0"),
+    ],
+)
+def test_constrained_config_values_are_validated(flags, message):
+    with pytest.raises(ForgetuneError, match=message):
+        resolve(flags={"objective": "forget-constrained", **flags})
+
+
+def test_constrained_hand_computed_loss_and_gradient():
+    """beta = 1, w0 = 1.5, polarity = [+1, -1, -1, +1, 0], ce = [2, 1 + ln 3, 1 - ln 3, 4, 100], base = [9, 1, 1, 0, 0].
+
+    F (negatives, as in the forget-npo test): mean(2 ln(4/3), 2 ln 4) = ln(16/3); R = (2 + 4) / 2 = 3
+    loss = log F + 1.5 * log R = log ln(16/3) + 1.5 ln 3
+    d loss / d ce: negatives (1 / F) * [-0.25, -0.75] (< 0: minimising RAISES their CE);
+                   positives 1.5 * (1 / R) * (1 / 2) = 0.25 each (> 0: lowers their CE); the ignored token 0.
+    """
+    ce = leaf([2.0, 1.0 + LN3, 1.0 - LN3, 4.0, 100.0])
+    tokens = TokenBatch(polarity=pol([1, -1, -1, 1, 0]), base_ce=torch.tensor([9.0, 1.0, 1.0, 0.0, 0.0]))
+    obj = build("forget-constrained", constraint_weight=1.5, npo_beta=1.0)
+    loss, m = obj(ce, tokens, 0.0)
+    f = math.log(16.0 / 3.0)
+    assert loss.item() == pytest.approx(math.log(f) + 1.5 * LN3, rel=1e-6)
+    assert m["ce_pos"] == pytest.approx(3.0)
+    assert m["ce_neg"] == pytest.approx(1.0)
+    assert m["neg_term"] == pytest.approx(f, rel=1e-6)
+    assert m["constraint_weight"] == 1.5
+    assert (m["tokens_pos"], m["tokens_neg"]) == (2, 2)
+    loss.backward()
+    torch.testing.assert_close(ce.grad, torch.tensor([0.25, -0.25 / f, -0.75 / f, 0.25, 0.0]))
+    assert ce.grad[1] < 0 and ce.grad[2] < 0 and ce.grad[0] > 0 and ce.grad[3] > 0
+
+
+def test_constrained_dual_update_grows_on_a_rise_and_floors_at_w0():
+    """eta = 2, eps = 0.05, w0 = 1. R: 1 -> e^0.3 (rise 0.3): w = 1 + 2 * (0.3 - 0.05) = 1.5, and the loss uses it.
+    Then R -> e^-0.5 (fall 0.8): 1.5 + 2 * (-0.8 - 0.05) = -0.2 -> floored at w0 = 1, not 0."""
+    obj = build("forget-constrained", constraint_weight=1.0, constraint_eta=2.0, constraint_eps=0.05)
+    tokens = TokenBatch(polarity=pol([1, -1]), base_ce=torch.tensor([0.0, 5.0]))
+    f = 20.0 * LN2  # the negative sits at its base: (2 / 0.1) ln 2
+
+    loss, m = obj(leaf([1.0, 5.0]), tokens, 0.0)
+    assert m["constraint_weight"] == 1.0  # first call: nothing to compare with
+    assert loss.item() == pytest.approx(math.log(f), rel=1e-6)
+
+    loss, m = obj(leaf([math.exp(0.3), 5.0]), tokens, 0.1)
+    assert m["constraint_weight"] == pytest.approx(1.5, rel=1e-5)
+    assert loss.item() == pytest.approx(math.log(f) + 1.5 * 0.3, rel=1e-5)
+
+    _, m = obj(leaf([math.exp(-0.5), 5.0]), tokens, 0.2)
+    assert m["constraint_weight"] == 1.0
+
+
+def test_constrained_weight_stays_at_w0_when_the_positive_ce_falls():
+    obj = build("forget-constrained", constraint_weight=0.7, constraint_eta=5.0)
+    tokens = TokenBatch(polarity=pol([1, -1]), base_ce=torch.tensor([0.0, 1.0]))
+    for value in (3.0, 2.0, 1.0, 0.5):
+        _, m = obj(leaf([value, 1.0]), tokens, 0.0)
+        assert m["constraint_weight"] == 0.7
+
+
+def test_constrained_skips_the_dual_step_without_positives_or_gradient():
+    """A batch with no positive and an evaluation call (no grad) leave w and the previous R alone:
+    R 1 -> (negatives only) -> (no grad, R = e^5) -> e^0.3 gives w = 1 + 5 * 0.3 = 2.5."""
+    obj = build("forget-constrained")
+    base = torch.tensor([0.0, 1.0])
+    obj(leaf([1.0, 1.0]), TokenBatch(polarity=pol([1, -1]), base_ce=base), 0.0)
+    _, m = obj(leaf([1.0, 1.0]), TokenBatch(polarity=pol([-1, -1]), base_ce=base), 0.0)
+    assert m["constraint_weight"] == 1.0
+    with torch.no_grad():
+        _, m = obj(torch.tensor([math.exp(5.0), 1.0]), TokenBatch(polarity=pol([1, -1]), base_ce=base), 0.0)
+    assert m["constraint_weight"] == 1.0
+    _, m = obj(leaf([math.exp(0.3), 1.0]), TokenBatch(polarity=pol([1, -1]), base_ce=base), 0.0)
+    assert m["constraint_weight"] == pytest.approx(2.5, rel=1e-5)
+
+
+def test_constrained_batch_without_negatives_is_w_log_r():
+    """polarity [+1, +1, 0], ce [1, e^2 * 2 - 1, 9]: R = e^2, w0 = 0.5 -> loss = 0.5 * 2 = 1; no forget term."""
+    ce = leaf([1.0, 2.0 * math.exp(2.0) - 1.0, 9.0])
+    obj = build("forget-constrained", constraint_weight=0.5)
+    loss, m = obj(ce, TokenBatch(polarity=pol([1, 1, 0]), base_ce=torch.zeros(3)), 0.0)
+    assert loss.item() == pytest.approx(1.0, rel=1e-6)
+    assert m["tokens_neg"] == 0 and m["neg_term"] == 0.0
+    loss.backward()
+    assert ce.grad[2] == 0.0 and (ce.grad[:2] > 0).all()
+
+
+def test_constrained_batch_without_positives_is_log_f():
+    """polarity [-1, 0], ce == base on the negative, beta 0.1: F = 20 ln 2 -> loss = log(20 ln 2); its gradient on the
+    negative is negative (raise its CE)."""
+    ce = leaf([2.0, 3.0])
+    obj = build("forget-constrained", constraint_weight=4.0)
+    loss, m = obj(ce, TokenBatch(polarity=pol([-1, 0]), base_ce=torch.tensor([2.0, 0.0])), 0.0)
+    assert loss.item() == pytest.approx(math.log(20.0 * LN2), rel=1e-6)
+    assert m["tokens_pos"] == 0 and m["constraint_weight"] == 4.0
+    loss.backward()
+    assert ce.grad[0] < 0 and ce.grad[1] == 0.0

@@ -274,6 +274,30 @@ def test_implicit_constrained_dual_update_sign_and_floor():
     assert method.update(1.0, math.exp(-10.0)) == 0.0
 
 
+def test_implicit_constrained_min_weight_floors_the_dual_variable():
+    """min_weight 0.8: a fall that would take w to 1 + 5 * (-10) stops at 0.8; a rise of 0.1 then gives 0.8 + 0.5."""
+    method = unlearning.build("constrained", forget="npo", eta=5.0, min_weight=0.8)
+    assert method.min_weight == 0.8
+    assert method.update(1.0, math.exp(-10.0)) == 0.8
+    assert method.update(1.0, math.exp(-0.1)) == 0.8
+    assert method.update(1.0, math.exp(0.1)) == pytest.approx(1.3)
+    assert method.weight >= method.min_weight
+    with pytest.raises(ValueError, match="must be >= 0"):
+        unlearning.build("constrained", forget="npo", min_weight=-1.0)
+
+
+def test_implicit_constraint_loss_drops_a_missing_term():
+    """w = 2: log(3) + 2 log(0.5); without retain log 3; without forget 2 log 0.5; neither is refused."""
+    from forgetune.unlearning.constrained import ImplicitConstraint
+
+    c = ImplicitConstraint(weight=2.0)
+    assert c.loss(t(3.0), t(0.5)).item() == pytest.approx(math.log(3.0) + 2 * math.log(0.5))
+    assert c.loss(t(3.0), None).item() == pytest.approx(math.log(3.0))
+    assert c.loss(None, t(0.5)).item() == pytest.approx(2 * math.log(0.5))
+    with pytest.raises(ValueError, match="a forget loss, a retain loss or both"):
+        c.loss(None, None)
+
+
 def test_implicit_constrained_loss_by_hand_and_its_refusals():
     """log(3 - 1) + 1 * log(0.5 - 0) = log 2 - log 2 = 0."""
     method = unlearning.build("constrained", forget="npo", forget_floor=1.0)

@@ -16,6 +16,9 @@ clipped, the updates telescope to w_t = w0 + eta * (log(L_r,t - m_r) - log(L_r,0
 much cumulative retain rise buys how much retain weight. Sign note: the issue writes the step with
 delta = log(L_r_prev - m_r) - log(L_r_new - m_r) - eps; w <- w - eta * delta is this update exactly for eps = 0,
 and for eps != 0 it reads eps as a required decrease; here eps is the allowed rise, as in `constrained-surgery`.
+`min_weight` raises the floor of w above 0: the SFT objective `forget-constrained` (forgetune.objectives) sets it to
+w0 so the positive tokens' CE never loses its starting weight. `ImplicitConstraint` holds the loss and the dual step
+alone, for callers that compute L_f and L_r themselves (that objective does).
 """
 
 from __future__ import annotations
@@ -29,19 +32,64 @@ from forgetune.unlearning import build, register
 from forgetune.unlearning.base import UnlearnBatch
 
 
+class ImplicitConstraint:
+    """`loss(L_f, L_r)` = log(L_f - m_f) + w * log(L_r - m_r) and the dual step `update(L_r_prev, L_r_new)` on w."""
+
+    def __init__(
+        self,
+        weight: float = 1.0,  # w0: equal weight to both logs at the start
+        eta: float = 5.0,  # 5: stable on the 2-D toy problem in the tests (1 and 2 let retain blow up there); tune
+        eps: float = 0.0,  # 0: no retain rise allowed
+        forget_floor: float = 0.0,  # m_f: NPO and SimNPO are > 0
+        retain_floor: float = 0.0,  # m_r: an NLL is >= 0
+        min_weight: float = 0.0,  # floor of w in the dual step (0: the retain term may lose all its weight)
+    ):
+        if weight < 0 or eta < 0 or min_weight < 0:
+            raise ValueError(f"constrained weight, eta and min_weight must be >= 0, got {weight}, {eta}, {min_weight}")
+        self.weight, self.eta, self.eps, self.min_weight = weight, eta, eps, min_weight
+        self.forget_floor, self.retain_floor = forget_floor, retain_floor
+
+    def loss(self, forget_loss: torch.Tensor | None, retain_loss: torch.Tensor | None) -> torch.Tensor:
+        """None drops that term (a batch without forget or without retain data: its log is undefined)."""
+        terms = []
+        if forget_loss is not None:
+            if not bool(forget_loss > self.forget_floor):
+                raise ValueError(
+                    f"constrained needs a positive forget loss above m_f = {self.forget_floor}, got "
+                    f"{float(forget_loss):.6g}; use npo/simnpo (not -NLL) or lower m_f"
+                )
+            terms.append(torch.log(forget_loss - self.forget_floor))
+        if retain_loss is not None:
+            if not bool(retain_loss > self.retain_floor):
+                raise ValueError(
+                    f"retain loss {float(retain_loss):.6g} is not above m_r = {self.retain_floor}; lower m_r"
+                )
+            terms.append(self.weight * torch.log(retain_loss - self.retain_floor))
+        if not terms:
+            raise ValueError("constrained needs a forget loss, a retain loss or both")
+        return sum(terms[1:], terms[0])
+
+    def update(self, retain_prev: float | torch.Tensor, retain_new: float | torch.Tensor) -> float:
+        """Dual step after an optimiser step: w grows by eta per unit of log-retain rise beyond eps; w >= min_weight."""
+        rise = math.log(float(retain_new) - self.retain_floor) - math.log(float(retain_prev) - self.retain_floor)
+        self.weight = max(self.min_weight, self.weight + self.eta * (rise - self.eps))
+        return self.weight
+
+
 @register("constrained")
-class ImplicitConstrained:
+class ImplicitConstrained(ImplicitConstraint):
     """`loss(L_f, L_r)` and `update(L_r_prev, L_r_new)` for a hand-written loop; `__call__(batch, progress)` for the
     trainer, which runs `update` itself with the previous call's retain loss (consecutive batches' retain NLL)."""
 
     def __init__(
         self,
         forget: str = "npo",
-        weight: float = 1.0,  # w0: equal weight to both logs at the start
-        eta: float = 5.0,  # 5: stable on the 2-D toy problem in the tests (1 and 2 let retain blow up there); tune
-        eps: float = 0.0,  # 0: no retain rise allowed
-        forget_floor: float = 0.0,  # m_f: NPO and SimNPO are > 0
-        retain_floor: float = 0.0,  # m_r: an NLL is >= 0
+        weight: float = 1.0,
+        eta: float = 5.0,
+        eps: float = 0.0,
+        forget_floor: float = 0.0,
+        retain_floor: float = 0.0,
+        min_weight: float = 0.0,
         **forget_params: Any,
     ):
         self.forget = build(forget, retain_weight=0.0, **forget_params)
@@ -49,27 +97,8 @@ class ImplicitConstrained:
             raise ValueError(
                 f"constrained takes log(L_f - m_f), so it needs a positive forget loss (npo, simnpo); {forget!r} is not"
             )
-        if weight < 0 or eta < 0:
-            raise ValueError(f"constrained weight and eta must be >= 0, got {weight} and {eta}")
-        self.weight, self.eta, self.eps = weight, eta, eps
-        self.forget_floor, self.retain_floor = forget_floor, retain_floor
+        super().__init__(weight, eta, eps, forget_floor, retain_floor, min_weight)
         self._previous_retain: float | None = None
-
-    def loss(self, forget_loss: torch.Tensor, retain_loss: torch.Tensor) -> torch.Tensor:
-        if not bool(forget_loss > self.forget_floor):
-            raise ValueError(
-                f"constrained needs a positive forget loss above m_f = {self.forget_floor}, got "
-                f"{float(forget_loss):.6g}; use npo/simnpo (not -NLL) or lower m_f"
-            )
-        if not bool(retain_loss > self.retain_floor):
-            raise ValueError(f"retain loss {float(retain_loss):.6g} is not above m_r = {self.retain_floor}; lower m_r")
-        return torch.log(forget_loss - self.forget_floor) + self.weight * torch.log(retain_loss - self.retain_floor)
-
-    def update(self, retain_prev: float | torch.Tensor, retain_new: float | torch.Tensor) -> float:
-        """Dual step after an optimiser step: w grows by eta per unit of log-retain rise beyond eps; w >= 0."""
-        rise = math.log(float(retain_new) - self.retain_floor) - math.log(float(retain_prev) - self.retain_floor)
-        self.weight = max(0.0, self.weight + self.eta * (rise - self.eps))
-        return self.weight
 
     def __call__(self, batch: UnlearnBatch, progress: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
         forget, retain = self.forget.forget_term(batch), batch.retain_mean()
