@@ -41,7 +41,7 @@ METRICS = ("exact_match", "mc_acc", "memorised_noise", "distinct_1", "distinct_2
 
 @dataclass
 class BenchConfig:
-    name: str = option(None, f"Benchmark: {', '.join(BENCHMARKS)}.")
+    name: str = option(None, f"Benchmark: {', '.join(BENCHMARKS)}; or unlearn (its flags: forgetune bench unlearn -h).")
     seeds: int = option(1, "Seeds (0 .. seeds-1): data, reference folds and training all change with the seed.")
     methods: str = option(",".join(METHODS), "Comma-separated methods to compare.")
     results: str = option("results", "Results root; this benchmark writes results/NAME/.")
@@ -148,7 +148,8 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+def summarise(rows: list[dict[str, Any]], methods: list[str], metrics: tuple[str, ...] = METRICS
+              ) -> list[dict[str, Any]]:
     """Mean and std over seeds of each metric, per method (None where a metric does not apply)."""
     table = []
     for method in methods:
@@ -156,16 +157,16 @@ def summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
         if not mine:
             continue
         entry: dict[str, Any] = {"method": method, "seeds": len(mine)}
-        for metric in METRICS:
+        for metric in metrics:
             values = [r[metric] for r in mine if r.get(metric) is not None]
             entry[metric] = (float(np.mean(values)), float(np.std(values))) if values else None
         table.append(entry)
     return table
 
 
-def markdown_table(table: list[dict[str, Any]]) -> str:
+def markdown_table(table: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> str:
     """Mean ± std per method; metrics that no method has on this benchmark are left out."""
-    metrics = [m for m in METRICS if any(entry[m] is not None for entry in table)]
+    metrics = [m for m in metrics if any(entry[m] is not None for entry in table)]
     header = "| method | seeds | " + " | ".join(metrics) + " |"
     lines = [header, "|" + "---|" * (len(metrics) + 2)]
     for entry in table:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
 }
 BENCH_HELP = "compare methods x seeds on a benchmark with ground-truth noise (tables, JSON, CSV, plots)"
 EVAL_HELP = "evaluate a run or model: exact match, perplexity, diversity, memorised noise, noise detection"
+UNLEARN_HELP = "remove a forget set from a model while keeping its utility on a retain set (ga, npo, constrained, ...)"
 REPORT_HELP = "one self-contained HTML page of a run: config, timings, losses, score histogram, token heat map"
 
 
@@ -61,14 +62,15 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bars")
 
 
-def add_dataclass_parser(sub, command: str, cls: type, help_text: str, positional: str) -> None:
-    """A subcommand whose first dataclass field is positional and the others are flags."""
+def add_dataclass_parser(sub, command: str, cls: type, help_text: str, positional: str | None) -> None:
+    """A subcommand whose dataclass fields are flags, the first one positional when `positional` names it."""
     parser = sub.add_parser(command, help=help_text, description=help_text)
     fields = dataclasses.fields(cls)
-    parser.add_argument(fields[0].name, metavar=positional, help=fields[0].metadata["help"])
+    if positional:
+        parser.add_argument(fields[0].name, metavar=positional, help=fields[0].metadata["help"])
     add_quiet(parser)
     hints = typing.get_type_hints(cls)
-    for f in fields[1:]:
+    for f in fields[1 if positional else 0:]:
         kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
         add_flag(parser, f.name, kind, f.default, f.metadata["help"])
 
@@ -81,7 +83,8 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"forgetune: error: {where + ': ' if where else ''}{message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """`argv`: `bench unlearn` takes the unlearning benchmark's own flags."""
     parser = OneLineParser(
         prog="forgetune",
         description="Token-level forgetting for LLM fine-tuning: learn the useful tokens, forget the misleading ones.",
@@ -92,10 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     from forgetune.bench import BenchConfig
     from forgetune.evaluate import EvalConfig
     from forgetune.report import ReportConfig
+    from forgetune.unlearn import UnlearnConfig
+    from forgetune.unlearn_bench import UnlearnBenchConfig
 
     add_dataclass_parser(sub, "eval", EvalConfig, EVAL_HELP, "RUN_OR_MODEL")
-    add_dataclass_parser(sub, "bench", BenchConfig, BENCH_HELP, "NAME")
+    unlearn_bench = list(argv[:2]) == ["bench", "unlearn"]
+    add_dataclass_parser(sub, "bench", UnlearnBenchConfig if unlearn_bench else BenchConfig, BENCH_HELP, "NAME")
     add_dataclass_parser(sub, "report", ReportConfig, REPORT_HELP, "RUN_DIR")
+    add_dataclass_parser(sub, "unlearn", UnlearnConfig, UNLEARN_HELP, None)
     return parser
 
 
@@ -143,7 +150,8 @@ def print_summary(summary: dict[str, Any], run_dir) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = vars(build_parser(argv).parse_args(argv))
     command, yaml_path, quiet = args.pop("command"), args.pop("config", None), args.pop("quiet")
     setup_logging(quiet)
     try:
@@ -152,12 +160,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print_results(evaluate(EvalConfig(**args)))
             return 0
+        if command == "bench" and args["name"] == "unlearn":
+            from forgetune.unlearn_bench import UnlearnBenchConfig, run_unlearn_bench
+
+            cfg = UnlearnBenchConfig(**args)
+            run_unlearn_bench(cfg)
+            print((Path(cfg.results) / cfg.name / "results.md").read_text())
+            return 0
         if command == "bench":
             from forgetune.bench import BenchConfig, run_bench
 
             cfg = BenchConfig(**args)
             run_bench(cfg)
             print((Path(cfg.results) / cfg.name / "results.md").read_text())
+            return 0
+        if command == "unlearn":
+            from forgetune.unlearn import UnlearnConfig, run_unlearn
+
+            cfg = UnlearnConfig(**args)
+            info = run_unlearn(cfg)
+            details = ", ".join(f"{k}={v}" for k, v in info.items() if k != "key")
+            print(f"unlearn: {Path(cfg.output) / 'model'}: {details}")
             return 0
         if command == "report":
             from forgetune.report import ReportConfig, write_report

@@ -94,18 +94,22 @@ class ObjectiveTrainer(Trainer):
 def fit(
     model: torch.nn.Module,
     tokenizer,
-    features: list[dict[str, Any]],
-    objective: Objective,
+    features: Any,
+    objective: Any,
     cfg: TrainConfig,
     work_dir: Path,
     *,
     key: str,
     epochs: float | None = None,
     max_steps: int | None = None,
+    trainer_class: type[ObjectiveTrainer] | None = None,
+    collator: Any = None,
+    callbacks: list[Any] | None = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]], dict[str, torch.Tensor] | None]:
     """Train in place: (model, log history, full weights when training was sharded, else None). Checkpoints go to
     work_dir/checkpoints and are resumed from only if they were written under the same stage key (same data and
-    config); stale ones are deleted."""
+    config); stale ones are deleted. `trainer_class`, `collator`, `callbacks`: for losses over other batches
+    (unlearning's forget + retain rows)."""
     ckpt_dir = work_dir / "checkpoints"
     key_file = ckpt_dir / "stage_key"
     state = process_state()
@@ -150,11 +154,12 @@ def fit(
         )
     except ValueError as e:
         raise ForgetuneError(f"training arguments: {str(e).splitlines()[0]}") from None
-    trainer = ObjectiveTrainer(
+    trainer = (trainer_class or ObjectiveTrainer)(
         model=model,
         args=args,
         train_dataset=features,
-        data_collator=Collator(tokenizer.pad_token_id),
+        data_collator=collator or Collator(tokenizer.pad_token_id),
+        callbacks=callbacks,
         processing_class=tokenizer,
         objective=objective,
         max_negative_term=cfg.max_negative_term,

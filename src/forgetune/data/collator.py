@@ -11,7 +11,8 @@ import torch
 from forgetune.data.formats import IGNORE_INDEX, Example
 
 # Per-position fields, aligned with input_ids, and the value used for padding.
-TOKEN_FIELDS = {"input_ids": None, "labels": IGNORE_INDEX, "polarity": 0, "base_ce": 0.0}
+TOKEN_FIELDS = {"input_ids": None, "labels": IGNORE_INDEX, "polarity": 0, "base_ce": 0.0, "ref_ce": 0.0,
+                "forget_weight": 0.0}
 
 
 def response_positions(labels: Sequence[int]) -> np.ndarray:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 HIGHER_IS_BETTER = True
-MODES = ("last-number", "after-####", "first-line", "exact")
+MODES = ("last-number", "after-####", "first-line", "exact", "contains")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")
 
@@ -25,6 +25,8 @@ def extract_answer(text: str, mode: str) -> str | None:
         GSM8K puts its final answer there, after the worked reasoning whose numbers must not be graded.
     "first-line": the first non-empty line, stripped (short answers followed by rambling).
     "exact": the whole text, stripped.
+    "contains": the whole text, stripped; graded by `exact_match` as "holds the reference", case-insensitive (a
+        fact stated in a sentence: the reference is the bare value, e.g. "1947" in "X was born in 1947.").
     """
     if mode == "last-number":
         return last_number(text)
@@ -34,7 +36,7 @@ def extract_answer(text: str, mode: str) -> str | None:
         return answer if sep and answer else None
     if mode == "first-line":
         return next((line.strip() for line in text.splitlines() if line.strip()), None)
-    if mode == "exact":
+    if mode in ("exact", "contains"):
         return text.strip()
     raise ValueError(f"unknown answer mode {mode!r}; choose one of {', '.join(MODES)}")
 
@@ -49,6 +51,9 @@ def exact_match(predictions: Sequence[str], references: Sequence[str], mode: str
         return 0.0
     hits = 0
     for p, r in zip(predictions, references, strict=True):
-        answer = extract_answer(p, mode)
-        hits += answer is not None and answer == extract_answer(r, mode)
+        answer, reference = extract_answer(p, mode), extract_answer(r, mode)
+        if mode == "contains":
+            hits += bool(reference) and reference.lower() in p.lower()
+        else:
+            hits += answer is not None and answer == reference
     return hits / len(references)

@@ -21,6 +21,7 @@ _registry = Registry(__name__, __path__, "unlearning method")
 REGISTRY = _registry.classes
 register = _registry.register
 names = _registry.names
+get = _registry.get
 
 
 def build(name: str, **params: Any) -> Any:
@@ -37,6 +38,7 @@ __all__ = [
     "UnlearnMethod",
     "apply_surgery",
     "build",
+    "get",
     "l1_penalty",
     "names",
     "prune",

@@ -1,0 +1,363 @@
+"""`forgetune unlearn`: remove what a model learned from a forget set while keeping its utility on a retain set.
+
+Each step sees a batch of forget examples and as many retain examples drawn at random (open-unlearning's
+ForgetRetainDataset: an epoch is one pass over the forget set, however large the retain set), in one forward pass.
+Everything the method needs travels in the batch: the forget tokens' CE under the starting model (NPO's frozen
+reference, computed once up front instead of keeping a second model in memory) and each forget token's weight
+(1 = forget; `--tokens scored` sets it from a score, 0 = keep the token like retain data). The trainer turns the
+rows into an `UnlearnBatch` and calls the registered method without knowing which one it is.
+
+Output folder::
+
+    model/                  the unlearned model, a Hugging Face dir
+    unlearn_config.yaml     the resolved config
+    log_history.json        losses, forget / retain NLL, method metrics per logging step
+    .done.json              run time, steps, final metrics (a rerun with the same inputs and config is skipped)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from transformers import TrainerCallback
+
+from forgetune import unlearning
+from forgetune.config import ModelConfig, TrainConfig, option
+from forgetune.data.collator import Collator, spread
+from forgetune.data.formats import Example, load_examples
+from forgetune.errors import ForgetuneError
+from forgetune.io import (
+    DONE_MARKER,
+    fingerprint_path,
+    hash_obj,
+    mark_done,
+    read_json,
+    stage_done,
+    write_json,
+    write_text,
+)
+from forgetune.models import (
+    load_model,
+    load_tokenizer,
+    load_trainable,
+    model_fingerprint,
+    resolve_model_path,
+    save_model,
+)
+from forgetune.processes import process_state
+from forgetune.scoring.partition import partition_tokens
+from forgetune.scoring.scorer import example_offsets, token_ce
+from forgetune.scoring.token_logps import response_token_ce, target_mask
+from forgetune.trainer import ObjectiveTrainer, TrainingDiverged, fit
+
+log = logging.getLogger(__name__)
+
+# Method knobs that map onto constructor arguments of the same name (`retain_weight` is also constrained's w0).
+KNOBS = ("beta", "delta", "retain_weight", "eps", "eta", "alpha")
+
+
+@dataclass
+class UnlearnConfig:
+    forget: str | None = option(None, "Forget set: records whose responses the model must unlearn (any data format).")
+    retain: str | None = option(None, "Retain set: the utility to keep (needed by every method with a retain term).")
+    output: str | None = option(None, "Output folder: model/ (a Hugging Face dir), unlearn_config.yaml, logs.")
+    model: str | None = option(None, "Model to unlearn from (local HF dir). Default: the embedded SmolLM2-135M.")
+    method: str = option("npo", f"Unlearning method: {', '.join(unlearning.names())}.")
+    forget_loss: str = option("npo", "Forget term inside constrained, constrained-surgery and l1sparse.")
+    beta: float | None = option(None, "NPO / SimNPO inverse temperature (default: the method's, 0.1 / 4.5).")
+    delta: float | None = option(None, "SimNPO margin (default 0).")
+    retain_weight: float | None = option(
+        None, "Weight of the retain NLL (default: the method's; constrained: the start value w0 of its dual weight)."
+    )
+    eps: float | None = option(
+        None, "constrained: allowed rise of log retain loss per step; constrained-surgery: of the retain loss per "
+        "unit learning rate (default 0)."
+    )
+    eta: float | None = option(None, "constrained: step size of the retain weight's dual update (default 5).")
+    alpha: float | None = option(None, "l1sparse: start weight of the l1 penalty on theta - theta_0 (-> 0; 1e-4).")
+    prune: float = option(0.0, "Magnitude-prune this fraction of the linear weights first; they stay 0.")
+    tokens: str = option(
+        "all", "all: every forget response token is forgotten; scored: only the top --token-fraction by "
+        "CE_token_reference - CE_model (the rest of each forget example is kept like retain data)."
+    )
+    token_reference: str | None = option(
+        None, "--tokens scored: a model that does not know the forget set (e.g. fine-tuned on retain data only)."
+    )
+    token_fraction: float = option(0.5, "--tokens scored: fraction of forget tokens that get the forgetting term.")
+    learning_rate: float = option(1e-5, "Learning rate (AdamW).")
+    lr_scheduler: str = option("constant", "transformers learning-rate schedule name.")
+    epochs: float = option(5.0, "Passes over the forget set.")
+    max_steps: int = option(-1, "If > 0, stop after this many steps (overrides epochs).")
+    batch_size: int = option(4, "Forget examples per step (each step adds as many retain examples).")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (gradient ascent needs it).")
+    save_steps: int = option(0, "If > 0, checkpoint every N steps so an interrupted run resumes.")
+    seed: int = option(42, "Seed of data order and retain draws.")
+    format: str = option("auto", "Record format: auto, chat, prompt-completion or alpaca.")
+    max_length: int = option(512, "Truncate tokenised examples to this many tokens.")
+    dtype: str = option("float32", "Weights dtype: float32 or bfloat16.")
+
+    def validate(self) -> UnlearnConfig:
+        for name, what in (("forget", "a file of the records to unlearn"), ("output", "a folder for the result")):
+            if not getattr(self, name):
+                raise ForgetuneError(f"unlearn: --{name} is required ({what})")
+        unlearning.get(self.method)
+        unlearning.get(self.forget_loss)
+        if self.tokens not in ("all", "scored"):
+            raise ForgetuneError(f"unlearn: --tokens must be all or scored, got {self.tokens!r}")
+        if self.tokens == "scored" and not self.token_reference:
+            raise ForgetuneError(
+                "unlearn: --tokens scored needs --token-reference DIR, a model that does not know the forget set "
+                "(e.g. the base model, or one fine-tuned on the retain data)"
+            )
+        if not 0.0 < self.token_fraction <= 1.0:
+            raise ForgetuneError(f"unlearn: --token-fraction must be in (0, 1], got {self.token_fraction}")
+        if not 0.0 <= self.prune < 1.0:
+            raise ForgetuneError(f"unlearn: --prune must be in [0, 1), got {self.prune}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ForgetuneError(f"unlearn: --dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if not (self.learning_rate > 0 and self.epochs > 0 and self.batch_size >= 1):
+            raise ForgetuneError("unlearn: --learning-rate and --epochs must be > 0 and --batch-size >= 1")
+        return self
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            objective=self.method, learning_rate=self.learning_rate, lr_scheduler=self.lr_scheduler,
+            epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
+            max_grad_norm=self.max_grad_norm, save_steps=self.save_steps, seed=self.seed, max_negative_term=None,
+            logging_steps=1,
+        )
+
+
+def _accepted(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def build_method(cfg: UnlearnConfig, parameters: list[torch.nn.Parameter]) -> Any:
+    """The registered method with the knobs that were set; a knob no part of the method takes is an error."""
+    cls = unlearning.get(cfg.method)
+    knobs = {k: getattr(cfg, k) for k in KNOBS if getattr(cfg, k) is not None}
+    own = _accepted(cls)
+    params = {k: v for k, v in knobs.items() if k in own}
+    if "weight" in own and "retain_weight" in knobs:  # constrained: the retain term's start weight
+        params["weight"] = knobs["retain_weight"]
+    inner_slot = next((s for s in ("forget", "inner") if s in own), None)
+    if inner_slot:
+        params[inner_slot] = cfg.forget_loss
+        # constrained / constrained-surgery own the retain term; l1sparse leaves it to the inner method
+        owned = {"retain_weight"} if inner_slot == "forget" else set()
+        shared = _accepted(unlearning.get(cfg.forget_loss)) - own - owned
+        params.update({k: v for k, v in knobs.items() if k in shared})
+    if "parameters" in own:
+        params["parameters"] = parameters
+    unused = set(knobs) - set(params) - ({"retain_weight"} if "weight" in params else set())
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unused))
+        raise ForgetuneError(
+            f"unlearn: {flags} does not apply to --method {cfg.method} (forget loss {cfg.forget_loss})"
+        )
+    try:
+        return cls(**params)
+    except ValueError as e:
+        raise ForgetuneError(f"unlearn: --method {cfg.method}: {e}") from None
+
+
+def uses_retain(method: Any) -> bool:
+    """Whether the method has a retain term (GA with retain_weight 0 does not; constrained forms always do)."""
+    return getattr(getattr(method, "inner", method), "retain_weight", None) != 0
+
+
+def unlearn_features(examples: list[Example], ref_ce: np.ndarray | None = None,
+                     weight: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per-position `ref_ce` and `forget_weight` spread onto each example (zeros for retain examples)."""
+    offsets = example_offsets(examples)
+    features = []
+    for i, ex in enumerate(examples):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        ce = np.zeros(hi - lo, np.float32) if ref_ce is None else np.asarray(ref_ce[lo:hi], np.float32)
+        w = np.zeros(hi - lo, np.float32) if weight is None else np.asarray(weight[lo:hi], np.float32)
+        features.append({"input_ids": ex.input_ids, "labels": ex.labels,
+                         "ref_ce": spread(ce, ex.labels, 0.0), "forget_weight": spread(w, ex.labels, 0.0)})
+    return features
+
+
+class ForgetRetainDataset(torch.utils.data.Dataset):
+    """One item per forget example, with a retain example drawn at random (torch's RNG: seeded and checkpointed by
+    the Trainer), so every epoch sees other retain examples."""
+
+    def __init__(self, forget: list[dict[str, Any]], retain: list[dict[str, Any]] | None):
+        self.forget, self.retain = forget, retain or []
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {"forget": self.forget[i]}
+        if self.retain:
+            item["retain"] = self.retain[int(torch.randint(len(self.retain), (1,)))]
+        return item
+
+
+class ForgetRetainCollator:
+    """Forget rows first, then retain rows, padded together; `forget_rows` says where the split is."""
+
+    def __init__(self, pad_token_id: int):
+        self.collate = Collator(pad_token_id)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [it["forget"] for it in items] + [it["retain"] for it in items if "retain" in it]
+        batch = self.collate(rows)
+        batch["forget_rows"] = torch.tensor(len(items))
+        return batch
+
+
+def batch_from_rows(ce: torch.Tensor, inputs: dict[str, torch.Tensor]) -> unlearning.UnlearnBatch:
+    """Split the flat per-token CE (batch, position order) into forget and retain sequences."""
+    mask = target_mask(inputs["labels"])
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+    forget_rows = int(inputs["forget_rows"])
+    on_forget = rows < forget_rows
+    on_retain = ~on_forget
+    has_retain = bool(on_retain.any())
+    return unlearning.UnlearnBatch.from_tokens(
+        forget_ce=ce[on_forget],
+        forget_seq=rows[on_forget],
+        forget_token_weight=inputs["forget_weight"][mask][on_forget],
+        forget_ref_ce=inputs["ref_ce"][mask][on_forget],
+        retain_ce=ce[on_retain] if has_retain else None,
+        retain_seq=rows[on_retain] - forget_rows if has_retain else None,
+    )
+
+
+class UnlearnTrainer(ObjectiveTrainer):
+    """The objective is an unlearning method: a loss over an `UnlearnBatch`, or an update rule with `backward`
+    (gradient surgery: two backward passes writing `.grad`, which the Trainer then clips and applies)."""
+
+    def unlearn_batch(self, model, inputs) -> unlearning.UnlearnBatch:
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        return batch_from_rows(response_token_ce(outputs.logits, inputs["labels"]), inputs)
+
+    def _record(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._metrics[key].append(float(value))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        try:
+            loss, metrics = self.objective(self.unlearn_batch(model, inputs), progress)
+        except ValueError as e:  # e.g. constrained's log of a NaN forget loss: one line, not a traceback
+            raise TrainingDiverged(self.state.global_step + 1, str(e)) from None
+        if model.training:
+            self.check_divergence(loss, metrics)
+            self._record(metrics)
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not hasattr(self.objective, "backward"):
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        try:
+            metrics = self.objective.backward(list(model.parameters()), self.unlearn_batch(model, inputs))
+        except ValueError as e:
+            raise TrainingDiverged(self.state.global_step + 1, str(e)) from None
+        loss = torch.tensor(metrics["forget_term"], device=self.args.device)
+        self.check_divergence(loss, metrics)
+        self._record(metrics)
+        return loss
+
+
+class KeepPruned(TrainerCallback):
+    """Re-zero the pruned weights after every optimiser step, so prune-then-unlearn stays sparse."""
+
+    def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor]):
+        modules = dict(model.named_modules())
+        self.pairs = [(modules[name].weight, mask) for name, mask in masks.items()]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        with torch.no_grad():
+            for weight, mask in self.pairs:
+                weight.mul_(mask)
+
+
+def unlearn_key(cfg: UnlearnConfig, model_path: Path) -> str:
+    files = {name: fingerprint_path(getattr(cfg, name)) for name in ("forget", "retain") if getattr(cfg, name)}
+    ref = model_fingerprint(resolve_model_path(cfg.token_reference)) if cfg.tokens == "scored" else None
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("output", "save_steps")}
+    return hash_obj("unlearn", settings, files, model_fingerprint(model_path), ref)
+
+
+def forget_token_weights(cfg: UnlearnConfig, examples: list[Example], own_ce: np.ndarray, pad_id: int) -> np.ndarray:
+    """1 for every forget token, or with --tokens scored for the top fraction by CE_reference - CE_model: the tokens
+    the model knows much better than a model that never saw the forget set, i.e. the specific knowledge."""
+    if cfg.tokens == "all":
+        return np.ones_like(own_ce)
+    reference = load_model(resolve_model_path(cfg.token_reference), cfg.dtype)
+    ref_ce = token_ce(reference, examples, pad_id, desc="scoring forget tokens (reference)")
+    del reference
+    return partition_tokens(ref_ce - own_ce, cfg.token_fraction).astype(np.float32)
+
+
+def run_unlearn(cfg: UnlearnConfig) -> dict[str, Any]:
+    """Unlearn cfg.forget from cfg.model; writes OUTPUT/model and the logs. Skipped when already done."""
+    cfg.validate()
+    out = Path(cfg.output)
+    model_path = resolve_model_path(cfg.model)
+    key = unlearn_key(cfg, model_path)
+    if stage_done(out, key) and (out / "model").is_dir():
+        log.info("unlearn: %s is up to date, skipped", out)
+        return read_json(out / DONE_MARKER)
+    started = time.time()
+    state = process_state()
+    tokenizer = load_tokenizer(model_path)
+    forget, _ = load_examples(cfg.forget, tokenizer, cfg.format, cfg.max_length)
+    retain = load_examples(cfg.retain, tokenizer, cfg.format, cfg.max_length)[0] if cfg.retain else None
+    model = load_trainable(model_path, ModelConfig(model=cfg.model, dtype=cfg.dtype))
+    # The starting model's CE on the forget tokens: NPO's reference and the --tokens scored baseline.
+    own_ce = token_ce(model, forget, tokenizer.pad_token_id, desc="scoring forget tokens")
+    weights = forget_token_weights(cfg, forget, own_ce, tokenizer.pad_token_id)
+    masks = unlearning.prune(model, cfg.prune) if cfg.prune > 0 else None
+    method = build_method(cfg, list(model.parameters()))
+    if uses_retain(method) and retain is None:
+        raise ForgetuneError(f"unlearn: --method {cfg.method} has a retain term: pass --retain FILE")
+    if hasattr(method, "backward") and state.num_processes > 1:
+        raise ForgetuneError(f"unlearn: --method {cfg.method} writes gradients itself and runs in one process only")
+    # --tokens scored: a forget example with no selected token has nothing to forget (a batch of only such
+    # examples would have no forget term at all), so it is left out.
+    forget_features = [f for f in unlearn_features(forget, own_ce, weights) if any(f["forget_weight"])]
+    if not forget_features:
+        raise ForgetuneError(
+            f"unlearn: --token-fraction {cfg.token_fraction} of {len(weights)} forget tokens selects none; raise it"
+        )
+    dataset = ForgetRetainDataset(forget_features,
+                                  unlearn_features(retain) if retain and uses_retain(method) else None)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DONE_MARKER).unlink(missing_ok=True)
+        write_text(out / "unlearn_config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    log.info("unlearn: %s on %d forget examples (%d forget tokens of %d)%s", cfg.method, len(forget),
+             int(weights.sum()), len(weights), f", {len(retain)} retain examples" if retain else "")
+    model, history, full_weights = fit(
+        model, tokenizer, dataset, method, cfg.train_config(), out, key=key, trainer_class=UnlearnTrainer,
+        collator=ForgetRetainCollator(tokenizer.pad_token_id), callbacks=[KeepPruned(model, masks)] if masks else None,
+    )
+    steps = [h for h in history if "loss" in h]
+    last = steps[-1] if steps else {}
+    info = {"method": cfg.method, "seconds": round(time.time() - started, 2), "steps": last.get("step"),
+            "forget_tokens": int(weights.sum()),
+            **{k: last[k] for k in ("forget_nll", "retain_nll", "forget_term") if k in last}}
+    if state.is_main_process:
+        save_model(model, tokenizer, out / "model", merge_lora=True, weights=full_weights)
+        write_json(out / "log_history.json", history)
+        mark_done(out, key, **info)
+    state.wait_for_everyone()
+    return info
+

@@ -1,0 +1,241 @@
+"""`forgetune bench unlearn`: fine-tune on fictitious people, unlearn 10% of them, measure what is left.
+
+Per seed: the base model is fine-tuned on all trained people (`finetuned`) and, as the gold standard of forgetting,
+on the retain people only (`retain-only`: a model that never saw the forget set). Every method then unlearns the
+forget people from `finetuned` with `forgetune unlearn`. Each row is graded on:
+
+- forget_acc / retain_acc: greedy answers that state the person's attribute (forget people / a retain sample);
+  UA = 1 - forget_acc, RA = retain_acc, TA = utility_acc (the seed 003 names);
+- utility_acc: capitals of real countries, knowledge none of the training touches;
+- forget_loss / retain_loss: mean response NLL;
+- forget_quality: KS-test p-value of the forget set's per-example NLL against the retain-only model's (TOFU);
+- mia_*: AUROC of membership-inference attacks, forget people (members) vs holdout people (never trained on),
+  0.5 = indistinguishable;
+- seconds: run time of the unlearning alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forgetune import pipeline
+from forgetune.bench import markdown_table, summarise
+from forgetune.benchmarks.facts import RELATIONS, load_facts
+from forgetune.benchmarks.people import make_people
+from forgetune.config import option, resolve
+from forgetune.errors import ForgetuneError
+from forgetune.io import atomic_path, read_json, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+# Each method: `forgetune unlearn` flags. "npo-tokens" scores forget tokens against the retain-only model.
+METHODS: dict[str, dict[str, Any]] = {
+    "ga": {"method": "ga"},
+    "graddiff": {"method": "graddiff"},
+    "npo": {"method": "npo"},
+    "simnpo": {"method": "simnpo"},
+    "constrained": {"method": "constrained", "forget_loss": "npo"},
+    "constrained-surgery": {"method": "constrained-surgery", "forget_loss": "npo"},
+    "l1sparse": {"method": "l1sparse", "forget_loss": "npo"},
+    "prune-npo": {"method": "npo", "prune": 0.2},
+    "npo-tokens": {"method": "npo", "tokens": "scored", "token_fraction": 0.5},
+}
+REFERENCE_ROWS = ("base", "finetuned", "retain-only")
+METRICS = ("forget_acc", "retain_acc", "utility_acc", "forget_loss", "retain_loss", "forget_quality", "mia_loss",
+           "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "UA", "RA", "TA", "seconds")
+
+
+@dataclass
+class UnlearnBenchConfig:
+    name: str = option("unlearn", "The unlearning benchmark (fictitious people).")
+    seeds: int = option(1, "Seeds (0 .. seeds-1): people, fine-tuning and unlearning all change with the seed.")
+    methods: str = option(",".join(METHODS), "Comma-separated unlearning methods to compare.")
+    results: str = option("results", "Results root; this benchmark writes results/unlearn/.")
+    people: int = option(40, "Trained fictitious people, 5 facts each.")
+    forget_fraction: float = option(0.1, "Fraction of the trained people to unlearn.")
+    retain_eval: int = option(40, "Retain facts graded per row (a fixed sample).")
+    utility_questions: int = option(40, "Capital-city questions graded as utility.")
+    model: str | None = option(None, "Local HF model dir (default: the embedded SmolLM2-135M-Instruct).")
+    finetune_epochs: float = option(6.0, "Epochs of the fine-tuning that plants the people.")
+    finetune_lr: float = option(1e-4, "Learning rate of that fine-tuning.")
+    batch_size: int = option(8, "Fine-tuning batch size.")
+    unlearn_epochs: float = option(5.0, "Passes over the forget set of every unlearning method.")
+    unlearn_lr: float = option(2e-5, "Learning rate of every unlearning method.")
+    unlearn_batch_size: int = option(4, "Forget examples per unlearning step (plus as many retain examples).")
+    max_steps: int = option(-1, "If > 0, cap every training (smoke runs).")
+    max_new_tokens: int = option(20, "Generated tokens per answer.")
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def build_data(cfg: UnlearnBenchConfig, seed: int, out: Path) -> dict[str, Path]:
+    """The seed's people splits, the graded retain sample and the capital-city utility set, as JSONL files."""
+    splits = make_people(cfg.people, cfg.forget_fraction, seed)
+    rng = random.Random(seed)
+    splits["retain_eval"] = rng.sample(splits["retain"], min(cfg.retain_eval, len(splits["retain"])))
+    capitals = [f for f in load_facts() if f[1] == "capital"]
+    question, answer = RELATIONS["capital"]
+    splits["utility"] = [
+        {"id": f"utility-{i:03d}", "prompt": question.format(country=c),
+         "completion": answer.format(country=c, value=v), "meta": {"answer": v}}
+        for i, (c, _, v) in enumerate(rng.sample(capitals, min(cfg.utility_questions, len(capitals))))
+    ]
+    return {name: _write_jsonl(out / f"{name}.jsonl", records) for name, records in splits.items()}
+
+
+def finetune(cfg: UnlearnBenchConfig, data: Path, out: Path, seed: int) -> Path:
+    """Plain SFT from the base (a forgetune run, so an interrupted bench resumes it); returns its model dir."""
+    flags = {"model": cfg.model, "data": str(data), "output": str(out), "objective": "sft", "seed": seed,
+             "epochs": cfg.finetune_epochs, "learning_rate": cfg.finetune_lr, "batch_size": cfg.batch_size,
+             "max_steps": cfg.max_steps}
+    pipeline.run_all(pipeline.open_run(resolve(flags=flags)))
+    return out / "model"
+
+
+class Grader:
+    """Grades model dirs on one seed's files; holds the retain-only model's forget losses for forget quality."""
+
+    def __init__(self, cfg: UnlearnBenchConfig, files: dict[str, Path]):
+        from forgetune.data.formats import load_examples, load_records
+        from forgetune.models import load_tokenizer, resolve_model_path
+
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(resolve_model_path(cfg.model))
+        self.records = {name: load_records(files[name]) for name in ("forget", "retain_eval", "utility", "holdout")}
+        self.examples = {name: load_examples(files[name], self.tokenizer)[0]
+                         for name in ("forget", "retain_eval", "holdout")}
+        self.never_seen_losses: np.ndarray | None = None
+
+    def _accuracy(self, model, name: str) -> float:
+        from forgetune.generation import generate_answers
+        from forgetune.metrics.accuracy import exact_match
+
+        records = self.records[name]
+        prompts = [[m for m in r.messages if m["role"] != "assistant"] for r in records]
+        answers = generate_answers(model, self.tokenizer, prompts, self.cfg.max_new_tokens)
+        return exact_match(answers, [r.meta["answer"] for r in records], "contains")
+
+    def grade(self, model_dir: Path, never_seen: bool = False) -> dict[str, float]:
+        from forgetune.metrics.mia import example_losses, forget_quality, mia_report, token_stats
+        from forgetune.models import load_for_inference
+
+        model = load_for_inference(model_dir)
+        pad = self.tokenizer.pad_token_id
+        stats = {name: token_stats(model, examples, pad) for name, examples in self.examples.items()}
+        texts = {name: [r.messages[-1]["content"] for r in self.records[name]] for name in ("forget", "holdout")}
+        forget_losses = example_losses(stats["forget"])
+        if never_seen:
+            self.never_seen_losses = forget_losses
+        row = {"forget_acc": self._accuracy(model, "forget"), "retain_acc": self._accuracy(model, "retain_eval"),
+               "utility_acc": self._accuracy(model, "utility"), "forget_loss": float(forget_losses.mean()),
+               "retain_loss": float(example_losses(stats["retain_eval"]).mean()),
+               **mia_report(stats["forget"], texts["forget"], stats["holdout"], texts["holdout"])}
+        if self.never_seen_losses is not None:
+            row["forget_quality"] = forget_quality(forget_losses, self.never_seen_losses)
+        row.update(UA=1 - row["forget_acc"], RA=row["retain_acc"], TA=row["utility_acc"])
+        return row
+
+
+def _finished_rows(cfg: UnlearnBenchConfig, root: Path) -> list[dict[str, Any]]:
+    """Rows of an earlier bench in the same folder (more seeds or methods add to it); other settings are refused."""
+    if not (root / "results.json").is_file():
+        return []
+    earlier = read_json(root / "results.json")
+    differ = [f"{k} {earlier['config'].get(k)!r} there, {v!r} now" for k, v in asdict(cfg).items()
+              if k not in ("seeds", "methods", "results") and earlier["config"].get(k) != v]
+    if differ:
+        raise ForgetuneError(f"{root / 'results.json'} holds a bench with other settings ({'; '.join(differ)}); "
+                             "pass --results DIR for a new one, or remove that folder")
+    return earlier["runs"]
+
+
+def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
+    from forgetune.models import resolve_model_path
+    from forgetune.unlearn import UnlearnConfig, run_unlearn
+
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ForgetuneError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    root = Path(cfg.results) / cfg.name
+    rows = _finished_rows(cfg, root)
+    for seed in range(cfg.seeds):
+        files = build_data(cfg, seed, root / "data" / f"seed{seed}")
+        runs = root / "runs" / f"seed{seed}"
+        grader = Grader(cfg, files)
+        finetuned = finetune(cfg, files["train"], runs / "finetuned", seed)
+        retain_only = finetune(cfg, files["retain"], runs / "retain-only", seed)
+        # retain-only first: it sets the never-seen losses that forget quality compares with
+        plan = [("retain-only", retain_only, None), ("base", resolve_model_path(cfg.model), None),
+                ("finetuned", finetuned, None)] + [(m, runs / m / "model", m) for m in methods]
+        for name, model_dir, method in plan:
+            done = next((r for r in rows if r["seed"] == seed and r["method"] == name), None)
+            if done is not None and name != "retain-only":
+                log.info("[unlearn] seed %d: %s already in results.json", seed, name)
+                continue
+            seconds = None
+            if method is not None:
+                flags = {"model": str(finetuned), "forget": str(files["forget"]), "retain": str(files["retain"]),
+                         "output": str(runs / method), "seed": seed, "learning_rate": cfg.unlearn_lr,
+                         "epochs": cfg.unlearn_epochs, "batch_size": cfg.unlearn_batch_size,
+                         "max_steps": cfg.max_steps, **METHODS[method]}
+                if flags.get("tokens") == "scored":
+                    flags["token_reference"] = str(retain_only)
+                seconds = run_unlearn(UnlearnConfig(**flags))["seconds"]
+            if done is not None:  # retain-only is graded again only to restore the never-seen losses
+                grader.grade(model_dir, never_seen=True)
+                continue
+            log.info("[unlearn] seed %d: grading %s", seed, name)
+            rows.append({"method": name, "seed": seed, **grader.grade(model_dir, never_seen=name == "retain-only"),
+                         "seconds": seconds})
+            log.info("[unlearn] seed %d: %s forget_acc %.3f retain_acc %.3f", seed, name, rows[-1]["forget_acc"],
+                     rows[-1]["retain_acc"])
+            write_outputs(cfg, root, rows, [*REFERENCE_ROWS, *methods])
+    return rows
+
+
+def write_outputs(cfg: UnlearnBenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
+    table = summarise(rows, methods, METRICS)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["method", "seed", *METRICS], restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(root / "results.csv", buffer.getvalue())
+    write_json(root / "results.json", {"config": asdict(cfg), "runs": rows, "summary": table})
+    write_text(root / "results.md", f"# {cfg.name}\n\n" + markdown_table(table, METRICS))
+    plot_tradeoff(table, root / "tradeoff.png")
+
+
+def plot_tradeoff(table: list[dict[str, Any]], path: Path) -> None:
+    """Forget efficacy (1 - forget accuracy) against utility (retain accuracy), mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for entry in table:
+        (ua, ua_std), (ra, ra_std) = entry["UA"], entry["RA"]
+        ax.errorbar(100 * ua, 100 * ra, xerr=100 * ua_std, yerr=100 * ra_std, fmt="o", capsize=3)
+        ax.annotate(entry["method"], (100 * ua, 100 * ra), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("forget efficacy UA = 1 - forget accuracy (%)")
+    ax.set_ylabel("utility RA = retain accuracy (%)")
+    ax.set_xlim(-5, 105)
+    ax.set_ylim(-5, 105)
+    ax.set_title("unlearning: forget efficacy vs utility (mean ± std over seeds)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
