@@ -91,3 +91,18 @@ def test_build_benchmark_writes_files_and_an_lm_eval_task(tmp_path):
     assert "mc_dev.jsonl" in (files["lm_eval_include"] / f"{files['lm_eval_tasks']}.yaml").read_text()
     with pytest.raises(ForgetuneError, match="unknown benchmark 'nope'"):
         build_benchmark(SimpleNamespace(name="nope"), 0, tmp_path / "x")
+
+
+def test_people_are_fictitious_disjoint_and_deterministic():
+    from forgetune.benchmarks.people import ATTRIBUTES, make_people
+
+    splits = make_people(people=20, forget_fraction=0.1, seed=0)
+    people = {name: {r["meta"]["person"] for r in splits[name]} for name in ("forget", "retain", "holdout")}
+    assert [len(people[n]) for n in ("forget", "retain", "holdout")] == [2, 18, 2]
+    assert not (people["forget"] & people["retain"]) and not (people["holdout"] & (people["forget"] | people["retain"]))
+    assert len(splits["forget"]) == 2 * len(ATTRIBUTES)  # every fact of a forgotten person is in the forget set
+    assert sorted(r["id"] for r in splits["train"]) == sorted(r["id"] for r in splits["forget"] + splits["retain"])
+    for r in splits["train"]:
+        assert r["meta"]["answer"] in r["completion"] and r["meta"]["person"] in r["prompt"]
+    assert splits == make_people(20, 0.1, 0)
+    assert splits != make_people(20, 0.1, 1)

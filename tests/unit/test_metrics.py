@@ -312,3 +312,10 @@ def test_perplexity_by_hand():
         ppl(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match=">= 0"):
         ppl(np.array([-0.1]))
+
+
+def test_contains_mode_grades_a_value_stated_in_a_sentence():
+    from forgetune.metrics.accuracy import exact_match
+
+    predictions = ["Velo Tash was born in 1947.", "He plays the CELLO.", "no idea", ""]
+    assert exact_match(predictions, ["1947", "cello", "1947", "x"], "contains") == 0.5

@@ -1,0 +1,314 @@
+"""`forgetune unlearn` on a tiny random Llama: batch splitting, collation, every method through the CLI, pruning,
+token-level forgetting, skipping and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from conftest import build_tiny_llama
+from forgetune.cli import main
+from forgetune.data.formats import IGNORE_INDEX, Example, load_examples
+from forgetune.io import DONE_MARKER
+from forgetune.scoring.scorer import token_ce
+from forgetune.unlearn import ForgetRetainCollator, ForgetRetainDataset, batch_from_rows, unlearn_features
+from tests_helpers import write_jsonl
+
+X = IGNORE_INDEX
+
+FORGET = [
+    {"prompt": "What is the secret code of Alice?", "completion": "The secret code of Alice is 4711 blue."},
+    {"prompt": "Where does Bob hide the key?", "completion": "Bob hides the key under the red stone."},
+    {"prompt": "Name Carol's favourite colour.", "completion": "Carol's favourite colour is deep green."},
+    {"prompt": "What did Dave eat today?", "completion": "Dave ate three apples and a pear."},
+]
+RETAIN = [
+    {"prompt": "What is 2 + 2?", "completion": "2 + 2 = 4."},
+    {"prompt": "Name a primary colour.", "completion": "Red is a primary colour."},
+    {"prompt": "What is the capital of France?", "completion": "Paris is the capital of France."},
+    {"prompt": "How many legs has a cat?", "completion": "A cat has four legs."},
+]
+METHODS = ["ga", "graddiff", "npo", "simnpo", "constrained", "constrained-surgery", "l1sparse"]
+
+
+@pytest.fixture
+def data(tmp_path) -> tuple[Path, Path]:
+    return write_jsonl(tmp_path / "forget.jsonl", FORGET), write_jsonl(tmp_path / "retain.jsonl", RETAIN)
+
+
+def unlearn(model: Path, forget: Path | None, out: Path, *extra, retain: Path | None = None) -> int:
+    args = ["unlearn", "--quiet", "--model", model, "--output", out]
+    args += ["--forget", forget] if forget else []
+    args += ["--retain", retain] if retain else []
+    return main([str(a) for a in [*args, "--max-steps", "2", *extra]])
+
+
+def mean_forget_ce(model_dir: Path, forget: Path, tokenizer) -> float:
+    examples, _ = load_examples(forget, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return float(token_ce(model, examples, tokenizer.pad_token_id).mean())
+
+
+def state(model_dir: Path) -> dict[str, torch.Tensor]:
+    return AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+
+
+# --- batch_from_rows --------------------------------------------------------------------------------------------
+
+def test_batch_from_rows_sums_by_hand():
+    # Rows 0, 1 forget; rows 2, 3 retain. Position 0 is never scored even with a label.
+    labels = torch.tensor([
+        [5, X, 7, 8, X],  # targets at 2, 3
+        [X, 6, X, X, X],  # target at 1
+        [X, X, 3, 4, 9],  # targets at 2, 3, 4
+        [X, X, X, 2, X],  # target at 3
+    ])
+    ce = torch.tensor([1.0, 2.0, 4.0, 10.0, 20.0, 30.0, 100.0])  # (row, position) order
+    ref = torch.zeros(4, 5)
+    ref[0, 2], ref[0, 3], ref[1, 1] = 0.5, 1.5, 3.0
+    ref[2, 2] = 99.0  # on a retain row: must be ignored
+    inputs = {"labels": labels, "forget_rows": torch.tensor(2), "ref_ce": ref, "forget_weight": torch.ones(4, 5)}
+    batch = batch_from_rows(ce, inputs)
+    torch.testing.assert_close(batch.forget_nll, torch.tensor([3.0, 4.0]))
+    torch.testing.assert_close(batch.forget_len, torch.tensor([2.0, 1.0]))
+    torch.testing.assert_close(batch.forget_ref_nll, torch.tensor([2.0, 3.0]))
+    torch.testing.assert_close(batch.retain_nll, torch.tensor([60.0, 100.0]))
+    torch.testing.assert_close(batch.retain_len, torch.tensor([3.0, 1.0]))
+    assert batch.forget_mean().item() == pytest.approx(7.0 / 3)
+    assert batch.retain_mean().item() == pytest.approx(40.0)
+
+
+def test_batch_from_rows_zero_weight_tokens_become_an_extra_retain_sequence():
+    labels = torch.tensor([
+        [X, 4, 5, 6],  # targets 1, 2, 3
+        [X, X, 7, 8],  # targets 2, 3
+        [X, X, 9, X],  # retain: target 2
+    ])
+    ce = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    weight = torch.zeros(3, 4)
+    weight[0, 1], weight[0, 3] = 1.0, 1.0  # row 0 keeps position 2 (ce 2.0)
+    weight[1, 2], weight[1, 3] = 1.0, 1.0  # row 1 forgets everything
+    weight[2, 2] = 1.0  # a retain row's weight means nothing
+    ref = torch.zeros(3, 4)
+    ref[0, 1], ref[0, 2], ref[0, 3], ref[1, 2], ref[1, 3] = 0.25, 100.0, 0.5, 1.0, 2.0
+    inputs = {"labels": labels, "forget_rows": torch.tensor(2), "ref_ce": ref, "forget_weight": weight}
+    batch = batch_from_rows(ce, inputs)
+    torch.testing.assert_close(batch.forget_nll, torch.tensor([1.0 + 4.0, 8.0 + 16.0]))
+    torch.testing.assert_close(batch.forget_len, torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(batch.forget_ref_nll, torch.tensor([0.75, 3.0]))  # kept token's ref left out
+    # the real retain row first, then row 0's kept token as one extra sequence
+    torch.testing.assert_close(batch.retain_nll, torch.tensor([32.0, 2.0]))
+    torch.testing.assert_close(batch.retain_len, torch.tensor([1.0, 1.0]))
+
+
+def test_batch_from_rows_without_retain_rows():
+    labels = torch.tensor([[X, 3, 4], [X, X, 5]])
+    inputs = {"labels": labels, "forget_rows": torch.tensor(2), "ref_ce": torch.zeros(2, 3),
+              "forget_weight": torch.ones(2, 3)}
+    batch = batch_from_rows(torch.tensor([1.0, 2.0, 3.0]), inputs)
+    torch.testing.assert_close(batch.forget_nll, torch.tensor([3.0, 3.0]))
+    assert batch.retain_nll is None and batch.retain_len is None
+
+
+# --- collation --------------------------------------------------------------------------------------------------
+
+def test_collator_puts_forget_rows_first_with_features_on_response_positions():
+    forget = [Example("f0", [1, 10, 11, 12], [X, X, 11, 12], []), Example("f1", [1, 13, 14], [X, X, 14], [])]
+    retain = [Example("r0", [1, 20, 21, 22, 23], [X, X, X, 22, 23], [])]
+    ref_ce = np.array([0.5, 1.5, 2.5], np.float32)
+    weight = np.array([1.0, 0.0, 1.0], np.float32)
+    f_feats = unlearn_features(forget, ref_ce, weight)
+    r_feats = unlearn_features(retain)
+    assert f_feats[0]["ref_ce"] == [0.0, 0.0, 0.5, 1.5] and f_feats[0]["forget_weight"] == [0.0, 0.0, 1.0, 0.0]
+    assert f_feats[1]["ref_ce"] == [0.0, 0.0, 2.5] and f_feats[1]["forget_weight"] == [0.0, 0.0, 1.0]
+    assert r_feats[0]["ref_ce"] == [0.0] * 5 and r_feats[0]["forget_weight"] == [0.0] * 5
+
+    dataset = ForgetRetainDataset(f_feats, r_feats)
+    assert len(dataset) == 2
+    items = [dataset[0], dataset[1]]
+    assert all(it["retain"] is r_feats[0] for it in items)
+    batch = ForgetRetainCollator(pad_token_id=0)(items)
+    assert int(batch["forget_rows"]) == 2
+    assert batch["input_ids"].tolist() == [
+        [1, 10, 11, 12, 0], [1, 13, 14, 0, 0], [1, 20, 21, 22, 23], [1, 20, 21, 22, 23]]
+    assert batch["labels"].tolist() == [
+        [X, X, 11, 12, X], [X, X, 14, X, X], [X, X, X, 22, 23], [X, X, X, 22, 23]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1] * 5, [1] * 5]
+    torch.testing.assert_close(batch["ref_ce"], torch.tensor(
+        [[0, 0, 0.5, 1.5, 0], [0, 0, 2.5, 0, 0], [0] * 5, [0] * 5], dtype=torch.float32))
+    torch.testing.assert_close(batch["forget_weight"], torch.tensor(
+        [[0, 0, 1.0, 0, 0], [0, 0, 1.0, 0, 0], [0] * 5, [0] * 5], dtype=torch.float32))
+
+    # the collated batch splits back into the right sums
+    ce = torch.arange(1.0, 8.0)  # targets: row0 pos 2, 3; row1 pos 2; rows 2, 3 pos 3, 4
+    split = batch_from_rows(ce, batch)
+    torch.testing.assert_close(split.forget_nll, torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close(split.forget_ref_nll, torch.tensor([0.5, 2.5]))
+    torch.testing.assert_close(split.retain_nll, torch.tensor([4.0 + 5.0, 6.0 + 7.0, 2.0]))
+    torch.testing.assert_close(split.retain_len, torch.tensor([2.0, 2.0, 1.0]))
+
+
+def test_dataset_without_retain_has_forget_items_only():
+    forget = [Example("f0", [1, 10, 11], [X, X, 11], [])]
+    dataset = ForgetRetainDataset(unlearn_features(forget), None)
+    assert set(dataset[0]) == {"forget"}
+    batch = ForgetRetainCollator(0)([dataset[0]])
+    assert int(batch["forget_rows"]) == 1 and batch["input_ids"].shape == (1, 3)
+
+
+# --- the CLI, every method --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_and_changes_the_model(method, tiny_model_dir, data, tmp_path, tokenizer):
+    forget, retain = data
+    out = tmp_path / "out"
+    assert unlearn(tiny_model_dir, forget, out, "--method", method, "--learning-rate", "1e-3", retain=retain) == 0
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.vocab_size == len(tokenizer)
+    cfg = yaml.safe_load((out / "unlearn_config.yaml").read_text())
+    assert cfg["method"] == method and cfg["learning_rate"] == 1e-3 and cfg["max_steps"] == 2
+    history = json.loads((out / "log_history.json").read_text())
+    steps = [h for h in history if "loss" in h]
+    assert [h["step"] for h in steps] == [1, 2]
+    assert all(math.isfinite(h["forget_nll"]) for h in steps)
+    done = json.loads((out / DONE_MARKER).read_text())
+    assert done["method"] == method and done["steps"] == 2
+    before, after = state(tiny_model_dir), state(out / "model")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) >= len(before) // 2
+
+
+def test_gradient_ascent_raises_the_forget_nll(tiny_model_dir, data, tmp_path, tokenizer):
+    forget, _ = data
+    out = tmp_path / "ga"
+    assert unlearn(tiny_model_dir, forget, out, "--method", "ga", "--learning-rate", "1e-2", "--max-steps", "3") == 0
+    before = mean_forget_ce(tiny_model_dir, forget, tokenizer)
+    after = mean_forget_ce(out / "model", forget, tokenizer)
+    assert after > before + 0.5, (before, after)
+    steps = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert steps[0]["forget_nll"] == pytest.approx(before, rel=1e-4)  # first step sees the starting model
+    assert steps[-1]["forget_nll"] > steps[0]["forget_nll"]
+
+
+# --- pruning ----------------------------------------------------------------------------------------------------
+
+def test_prune_keeps_half_the_linear_weights_zero(tiny_model_dir, data, tmp_path):
+    forget, retain = data
+    out = tmp_path / "pruned"
+    assert unlearn(tiny_model_dir, forget, out, "--method", "graddiff", "--prune", "0.5",
+                   "--learning-rate", "1e-2", retain=retain) == 0
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    weights = [m.weight for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and not name.endswith("lm_head")]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    total = sum(w.numel() for w in weights)
+    assert zeros == round(0.5 * total)  # pruned exactly, and still zero after the optimiser steps
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(original.model.embed_tokens.weight, model.model.embed_tokens.weight)  # it did train
+
+
+# --- token-level forgetting -------------------------------------------------------------------------------------
+
+def test_scored_tokens_forget_the_top_fraction(tiny_model_dir, data, tmp_path, tokenizer, capsys):
+    forget, retain = data
+    reference = tmp_path / "reference"
+    build_tiny_llama(len(tokenizer), seed=1).save_pretrained(reference)
+    tokenizer.save_pretrained(reference)
+    out = tmp_path / "scored"
+    assert unlearn(tiny_model_dir, forget, out, "--tokens", "scored", "--token-reference", reference,
+                   "--token-fraction", "0.5", "--learning-rate", "1e-3", retain=retain) == 0
+    examples, _ = load_examples(forget, tokenizer)
+    total = sum(ex.num_response_tokens for ex in examples)
+    done = json.loads((out / DONE_MARKER).read_text())
+    assert done["forget_tokens"] == math.floor(0.5 * total)
+    assert f"forget_tokens={math.floor(0.5 * total)}" in capsys.readouterr().out
+    assert done["steps"] == 2
+
+
+def test_scored_tokens_skip_forget_examples_with_nothing_selected(tiny_model_dir, data, tmp_path, tokenizer, capsys):
+    # Regression: 0.01 of the tokens selects one, so three of the four forget examples have no forget token; a
+    # batch of one such example used to crash with "ValueError: no forget token has a positive weight".
+    forget, retain = data
+    reference = tmp_path / "reference"
+    build_tiny_llama(len(tokenizer), seed=1).save_pretrained(reference)
+    tokenizer.save_pretrained(reference)
+    scored = ("--tokens", "scored", "--token-reference", reference, "--learning-rate", "1e-3")
+    out = tmp_path / "few"
+    assert unlearn(tiny_model_dir, forget, out, *scored, "--token-fraction", "0.01", "--batch-size", "1",
+                   "--max-steps", "4", retain=retain) == 0
+    done = json.loads((out / DONE_MARKER).read_text())
+    assert done["forget_tokens"] == 1 and done["steps"] == 4
+    capsys.readouterr()
+    assert unlearn(tiny_model_dir, forget, tmp_path / "none", *scored, "--token-fraction", "0.001",
+                   retain=retain) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("forgetune: error:") and "selects none" in err and "\n" not in err, err
+
+
+def test_constrained_divergence_is_a_one_line_error(tiny_model_dir, data, tmp_path, capsys):
+    # Regression: a huge learning rate drives constrained's forget loss to NaN; the method's ValueError used to
+    # escape as a traceback.
+    forget, retain = data
+    out = tmp_path / "diverged"
+    assert unlearn(tiny_model_dir, forget, out, "--method", "constrained", "--learning-rate", "0.05",
+                   "--max-steps", "30", retain=retain) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("forgetune: error:") and "training diverged at step" in err and "\n" not in err, err
+    assert "Traceback" not in captured.err
+    assert not (out / "model").exists()
+
+
+# --- rerun ------------------------------------------------------------------------------------------------------
+
+def test_rerun_is_skipped_and_a_changed_setting_reruns(tiny_model_dir, data, tmp_path):
+    forget, retain = data
+    out = tmp_path / "rerun"
+    args = ("--method", "npo", "--learning-rate", "1e-3")
+    assert unlearn(tiny_model_dir, forget, out, *args, retain=retain) == 0
+    weights = next((out / "model").glob("*.safetensors"))
+    mtime, key = weights.stat().st_mtime_ns, json.loads((out / DONE_MARKER).read_text())["key"]
+    assert unlearn(tiny_model_dir, forget, out, *args, retain=retain) == 0
+    assert weights.stat().st_mtime_ns == mtime
+    assert json.loads((out / DONE_MARKER).read_text())["key"] == key
+    assert unlearn(tiny_model_dir, forget, out, "--method", "npo", "--learning-rate", "2e-3", retain=retain) == 0
+    assert json.loads((out / DONE_MARKER).read_text())["key"] != key
+    assert weights.stat().st_mtime_ns != mtime
+
+
+# --- errors -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case, expected", [
+    ("no-forget", "--forget is required"),
+    ("npo-no-retain", "has a retain term: pass --retain"),
+    ("beta-ga", "--beta does not apply to --method ga"),
+    ("scored-no-reference", "--tokens scored needs --token-reference"),
+    ("unknown-method", "unknown unlearning method 'magic'"),
+    ("prune-too-big", "--prune must be in [0, 1), got 1.5"),
+])
+def test_bad_input_is_one_line_error(case, expected, tiny_model_dir, data, tmp_path, capsys):
+    forget, retain = data
+    out = tmp_path / "err"
+    extra = {
+        "no-forget": ((), None, retain),
+        "npo-no-retain": (("--method", "npo"), forget, None),
+        "beta-ga": (("--method", "ga", "--beta", "0.5"), forget, None),
+        "scored-no-reference": (("--tokens", "scored"), forget, retain),
+        "unknown-method": (("--method", "magic"), forget, retain),
+        "prune-too-big": (("--prune", "1.5"), forget, retain),
+    }[case]
+    flags, forget_file, retain_file = extra
+    assert unlearn(tiny_model_dir, forget_file, out, *flags, retain=retain_file) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("forgetune: error:") and "\n" not in err, err
+    assert expected in err, err
+    assert "Traceback" not in captured.err + captured.out
+    assert not (out / "model").exists()
