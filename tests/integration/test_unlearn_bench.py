@@ -1,0 +1,35 @@
+"""`forgetune bench unlearn` end to end on the tiny model: rows, metrics, outputs, resume."""
+
+from __future__ import annotations
+
+import json
+
+from forgetune.cli import main
+from forgetune.unlearn_bench import METRICS
+
+SMALL = ["--people", "10", "--retain-eval", "6", "--utility-questions", "4", "--max-steps", "1",
+         "--max-new-tokens", "4", "--quiet"]
+
+
+def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys):
+    args = ["bench", "unlearn", "--model", str(tiny_model_dir), "--results", str(tmp_path), *SMALL]
+    assert main([*args, "--methods", "ga,npo-tokens"]) == 0
+    root = tmp_path / "unlearn"
+    results = json.loads((root / "results.json").read_text())
+    rows = {r["method"]: r for r in results["runs"]}
+    assert list(rows) == ["retain-only", "base", "finetuned", "ga", "npo-tokens"]
+    for name, row in rows.items():
+        assert row["UA"] == 1 - row["forget_acc"] and row["RA"] == row["retain_acc"] and row["TA"] == row["utility_acc"]
+        assert all(0.0 <= row[m] <= 1.0 for m in METRICS if m.startswith("mia_") or m == "forget_quality")
+        assert (row["seconds"] is None) == (name in ("retain-only", "base", "finetuned"))
+    assert rows["retain-only"]["forget_quality"] == 1.0  # its own forget losses are the never-seen sample
+    assert (root / "runs" / "seed0" / "npo-tokens" / "model" / "config.json").is_file()
+    assert (root / "tradeoff.png").stat().st_size > 0 and "| ga | 1 |" in (root / "results.md").read_text()
+    # More seeds and methods add rows; finished ones stay as they were
+    assert main([*args, "--methods", "ga,graddiff", "--seeds", "2"]) == 0
+    runs = json.loads((root / "results.json").read_text())["runs"]
+    assert [r for r in runs if r["seed"] == 0 and r["method"] == "ga"] == [rows["ga"]]
+    assert sorted(r["seed"] for r in runs if r["method"] == "graddiff") == [0, 1]
+    capsys.readouterr()
+    assert main([*args, "--people", "12"]) == 2  # other settings in the same folder are refused
+    assert "other settings" in capsys.readouterr().err
