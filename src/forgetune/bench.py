@@ -10,7 +10,7 @@ import csv
 import io
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,14 @@ def _donate(run: pipeline.Run, donors: list[Path]) -> None:
 _NOT_IN_RESULT = ("seeds", "methods", "results")
 
 
-def _finished_rows(cfg: BenchConfig, root: Path) -> list[dict[str, Any]]:
-    """Rows of an earlier bench in the same folder, so more seeds or methods add to it instead of redoing it. An
-    earlier bench with other settings is refused rather than overwritten: its results are not this one's."""
+def finished_rows(cfg: Any, root: Path) -> list[dict[str, Any]]:
+    """Rows of an earlier bench (a dataclass config) in the same folder, so more seeds or methods add to it instead of
+    redoing it. An earlier bench with other settings is refused rather than overwritten: its results are not this
+    one's."""
     if not (root / "results.json").is_file():
         return []
     earlier = read_json(root / "results.json")
-    differ = [f"{k} {earlier['config'].get(k)!r} there, {v!r} now" for k, v in cfg.__dict__.items()
+    differ = [f"{k} {earlier['config'].get(k)!r} there, {v!r} now" for k, v in asdict(cfg).items()
               if k not in _NOT_IN_RESULT and earlier["config"].get(k) != v]
     if differ:
         raise ForgetuneError(f"{root / 'results.json'} holds a bench with other settings ({'; '.join(differ)}); "
@@ -109,7 +110,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     if cfg.eval_split not in ("test", "dev"):
         raise ForgetuneError(f"unknown --eval-split {cfg.eval_split!r}; choose test or dev")
     root = Path(cfg.results) / cfg.name
-    rows = _finished_rows(cfg, root)
+    rows = finished_rows(cfg, root)
     for seed in range(cfg.seeds):
         files = build_benchmark(cfg, seed, root / "data" / f"seed{seed}")
         done_runs: list[Path] = []
@@ -175,15 +176,23 @@ def markdown_table(table: list[dict[str, Any]], metrics: tuple[str, ...] = METRI
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(cfg: BenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
-    table = summarise(rows, methods)
+def write_tables(cfg: Any, root: Path, rows: list[dict[str, Any]], methods: list[str],
+                 metrics: tuple[str, ...]) -> list[dict[str, Any]]:
+    """results.csv (a row per method and seed), results.json (config, rows, summary), results.md (mean ± std)."""
+    table = summarise(rows, methods, metrics)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["method", "seed", "seconds", *METRICS], restval="")
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(["method", "seed", "seconds", *metrics])),
+                            restval="")
     writer.writeheader()
     writer.writerows(rows)
     write_text(root / "results.csv", buffer.getvalue())
-    write_json(root / "results.json", {"config": cfg.__dict__, "runs": rows, "summary": table})
-    write_text(root / "results.md", f"# {cfg.name}\n\n" + markdown_table(table))
+    write_json(root / "results.json", {"config": asdict(cfg), "runs": rows, "summary": table})
+    write_text(root / "results.md", f"# {cfg.name}\n\n" + markdown_table(table, metrics))
+    return table
+
+
+def write_outputs(cfg: BenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
+    table = write_tables(cfg, root, rows, methods, METRICS)
     plot_accuracy(table, root / "accuracy.png", cfg.name, spec(cfg.name).headline)
     histogram = next((root / "runs" / "seed0" / m for m in ("default", *methods)
                       if (root / "runs" / "seed0" / m / "score" / "scores.npy").is_file()), None)

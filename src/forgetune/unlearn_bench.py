@@ -16,24 +16,22 @@ forget people from `finetuned` with `forgetune unlearn`. Each row is graded on:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from forgetune import pipeline
-from forgetune.bench import markdown_table, summarise
+from forgetune.bench import finished_rows, write_tables
 from forgetune.benchmarks.facts import RELATIONS, load_facts
 from forgetune.benchmarks.people import make_people
 from forgetune.config import option, resolve
 from forgetune.errors import ForgetuneError
-from forgetune.io import atomic_path, read_json, write_json, write_text
+from forgetune.io import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -148,19 +146,6 @@ class Grader:
         return row
 
 
-def _finished_rows(cfg: UnlearnBenchConfig, root: Path) -> list[dict[str, Any]]:
-    """Rows of an earlier bench in the same folder (more seeds or methods add to it); other settings are refused."""
-    if not (root / "results.json").is_file():
-        return []
-    earlier = read_json(root / "results.json")
-    differ = [f"{k} {earlier['config'].get(k)!r} there, {v!r} now" for k, v in asdict(cfg).items()
-              if k not in ("seeds", "methods", "results") and earlier["config"].get(k) != v]
-    if differ:
-        raise ForgetuneError(f"{root / 'results.json'} holds a bench with other settings ({'; '.join(differ)}); "
-                             "pass --results DIR for a new one, or remove that folder")
-    return earlier["runs"]
-
-
 def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
     from forgetune.models import resolve_model_path
     from forgetune.unlearn import UnlearnConfig, run_unlearn
@@ -170,7 +155,7 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
     if unknown:
         raise ForgetuneError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     root = Path(cfg.results) / cfg.name
-    rows = _finished_rows(cfg, root)
+    rows = finished_rows(cfg, root)
     for seed in range(cfg.seeds):
         files = build_data(cfg, seed, root / "data" / f"seed{seed}")
         runs = root / "runs" / f"seed{seed}"
@@ -207,15 +192,7 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
 
 
 def write_outputs(cfg: UnlearnBenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
-    table = summarise(rows, methods, METRICS)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["method", "seed", *METRICS], restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(root / "results.csv", buffer.getvalue())
-    write_json(root / "results.json", {"config": asdict(cfg), "runs": rows, "summary": table})
-    write_text(root / "results.md", f"# {cfg.name}\n\n" + markdown_table(table, METRICS))
-    plot_tradeoff(table, root / "tradeoff.png")
+    plot_tradeoff(write_tables(cfg, root, rows, methods, METRICS), root / "tradeoff.png")
 
 
 def plot_tradeoff(table: list[dict[str, Any]], path: Path) -> None:
