@@ -62,7 +62,7 @@ from forgetune.trainer import ObjectiveTrainer, TrainingDiverged, fit
 log = logging.getLogger(__name__)
 
 # Method knobs that map onto constructor arguments of the same name (`retain_weight` is also constrained's w0).
-KNOBS = ("beta", "delta", "retain_weight", "eps", "eta", "alpha")
+KNOBS = ("beta", "delta", "retain_weight", "eps", "eta", "alpha", "retain_floor")
 
 
 @dataclass
@@ -83,6 +83,11 @@ class UnlearnConfig:
         "unit learning rate (default 0)."
     )
     eta: float | None = option(None, "constrained: step size of the retain weight's dual update (default 5).")
+    retain_floor: float | None = option(
+        None, "constrained: m_r in log(L_r - m_r) (default 0). -1 makes it log(1 + L_r), for retain data the model "
+        "already fits (L_r near 0, where log L_r would scale the retain gradient by 1 / L_r and its per-batch noise "
+        "would drive the dual weight)."
+    )
     alpha: float | None = option(None, "l1sparse: start weight of the l1 penalty on theta - theta_0 (-> 0; 1e-4).")
     prune: float = option(0.0, "Magnitude-prune this fraction of the linear weights first; they stay 0.")
     tokens: str = option(

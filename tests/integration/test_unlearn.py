@@ -312,3 +312,19 @@ def test_bad_input_is_one_line_error(case, expected, tiny_model_dir, data, tmp_p
     assert expected in err, err
     assert "Traceback" not in captured.err + captured.out
     assert not (out / "model").exists()
+
+
+def test_method_knobs_reach_the_method_and_inner_forget_loss():
+    from forgetune.errors import ForgetuneError
+    from forgetune.unlearn import UnlearnConfig, build_method
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    constrained = build_method(UnlearnConfig(method="constrained", forget_loss="simnpo", retain_weight=2.0,
+                                             retain_floor=-1.0, beta=3.0, eta=0.5), params)
+    assert (constrained.weight, constrained.retain_floor, constrained.eta) == (2.0, -1.0, 0.5)
+    assert constrained.forget.name == "simnpo" and constrained.forget.beta == 3.0
+    assert constrained.forget.retain_weight == 0.0  # the constrained form owns the retain term
+    sparse = build_method(UnlearnConfig(method="l1sparse", forget_loss="npo", retain_weight=0.5, alpha=1e-3), params)
+    assert (sparse.alpha, sparse.inner.name, sparse.inner.retain_weight) == (1e-3, "npo", 0.5)
+    with pytest.raises(ForgetuneError, match="--retain-floor does not apply to --method npo"):
+        build_method(UnlearnConfig(method="npo", retain_floor=-1.0), params)
