@@ -201,6 +201,9 @@ HUGE = json.dumps({"prompt": "many words " * 100_000, "completion": "fine"})  # 
 LONG = json.dumps({"prompt": "q", "completion": "a long answer with a great many words " * 20})
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
 
+UNKNOWN_OBJECTIVE = ("unknown objective 'magic'; choose one of forget, forget-constrained, forget-npo, "
+                     "forget-unlikelihood, ignore, sft")
+
 CASES = [
     # ---------------------------------------------------------------- the corpus: syntax and encoding
     Case("malformed-json-line", "a JSONL line cut short", bad_line("x.jsonl", '{"prompt": "a", "completion": '),
@@ -335,7 +338,7 @@ CASES = [
          bad_line("x.jsonl", MORE, "--lambda-min", "0.5", "--lambda-max", "0.25"),
          "lambda_min (0.5) must not exceed lambda_max (0.25)"),
     Case("unknown-objective", "--objective magic", bad_line("x.jsonl", MORE, "--objective", "magic"),
-         "unknown objective 'magic'; choose one of forget, forget-npo, forget-unlikelihood, ignore, sft"),
+         UNKNOWN_OBJECTIVE),
     Case("learning-rate-negative", "--learning-rate -1", bad_line("x.jsonl", MORE, "--learning-rate", "-1"),
          "learning_rate must be a finite number >= 0, got -1.0"),
     Case("learning-rate-nan", "--learning-rate nan", bad_line("x.jsonl", MORE, "--learning-rate", "nan"),
@@ -366,7 +369,7 @@ CASES = [
          "{tmp}/cfg.yaml:2: not valid UTF-8 text; re-encode the file as UTF-8"),
     Case("yaml-unknown-objective", "`train: {objective: magic}`",
          yaml_case("train: {objective: magic}\ndata: {data: x}\n"),
-         "unknown objective 'magic'; choose one of forget, forget-npo, forget-unlikelihood, ignore, sft"),
+         UNKNOWN_OBJECTIVE),
     Case("yaml-not-a-mapping", "a YAML list", yaml_case("- a\n- b\n"),
          "{tmp}/cfg.yaml: a config file must be a mapping of sections"),
     Case("yaml-missing", "--config names no file",
