@@ -158,6 +158,9 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
     root = Path(cfg.results) / cfg.name
     rows = finished_rows(cfg, root)
     for seed in range(cfg.seeds):
+        if {(seed, m) for m in [*REFERENCE_ROWS, *methods]} <= {(r["seed"], r["method"]) for r in rows}:
+            log.info("[unlearn] seed %d: every row already in results.json", seed)
+            continue
         files = build_data(cfg, seed, root / "data" / f"seed{seed}")
         runs = root / "runs" / f"seed{seed}"
         grader = Grader(cfg, files)

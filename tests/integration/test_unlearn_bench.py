@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from forgetune import unlearn_bench
 from forgetune.cli import main
 from forgetune.unlearn_bench import METRICS
 
@@ -11,7 +12,7 @@ SMALL = ["--people", "10", "--retain-eval", "6", "--utility-questions", "4", "--
          "--max-new-tokens", "4", "--quiet"]
 
 
-def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys):
+def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys, monkeypatch):
     args = ["bench", "unlearn", "--model", str(tiny_model_dir), "--results", str(tmp_path), *SMALL]
     assert main([*args, "--methods", "ga,npo-tokens"]) == 0
     root = tmp_path / "unlearn"
@@ -31,5 +32,10 @@ def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys)
     assert [r for r in runs if r["seed"] == 0 and r["method"] == "ga"] == [rows["ga"]]
     assert sorted(r["seed"] for r in runs if r["method"] == "graddiff") == [0, 1]
     capsys.readouterr()
+    def no_grading(*_):
+        raise AssertionError("a finished seed was graded again")
+
+    monkeypatch.setattr(unlearn_bench.Grader, "grade", no_grading)
+    assert main([*args, "--methods", "ga", "--seeds", "2"]) == 0  # every row there: nothing retrained or regraded
     assert main([*args, "--people", "12"]) == 2  # other settings in the same folder are refused
     assert "other settings" in capsys.readouterr().err
