@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 
 from forgetune import unlearning
 from forgetune.config import ModelConfig, TrainConfig, option
-from forgetune.data.collator import Collator, spread
+from forgetune.data.collator import Collator, make_features
 from forgetune.data.formats import Example, load_examples
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
@@ -184,14 +184,9 @@ def unlearn_features(examples: list[Example], ref_ce: np.ndarray | None = None,
                      weight: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Per-position `ref_ce` and `forget_weight` spread onto each example (zeros for retain examples)."""
     offsets = example_offsets(examples)
-    features = []
-    for i, ex in enumerate(examples):
-        lo, hi = int(offsets[i]), int(offsets[i + 1])
-        ce = np.zeros(hi - lo, np.float32) if ref_ce is None else np.asarray(ref_ce[lo:hi], np.float32)
-        w = np.zeros(hi - lo, np.float32) if weight is None else np.asarray(weight[lo:hi], np.float32)
-        features.append({"input_ids": ex.input_ids, "labels": ex.labels,
-                         "ref_ce": spread(ce, ex.labels, 0.0), "forget_weight": spread(w, ex.labels, 0.0)})
-    return features
+    zeros = np.zeros(int(offsets[-1]), np.float32)
+    return make_features(examples, offsets, ref_ce=zeros if ref_ce is None else ref_ce,
+                         forget_weight=zeros if weight is None else weight)
 
 
 class ForgetRetainDataset(torch.utils.data.Dataset):

@@ -32,8 +32,11 @@ def make_features(
     offsets: np.ndarray | None = None,
     polarity: np.ndarray | None = None,
     base_ce: np.ndarray | None = None,
+    **token_values: np.ndarray,
 ) -> list[dict[str, Any]]:
-    """Training features: the partition's flat per-token arrays are spread onto each example once, up front."""
+    """Training features: flat per-token arrays (corpus order) are spread onto each example once, up front.
+    `token_values`: more of them by their TOKEN_FIELDS name (unlearning's ref_ce and forget_weight)."""
+    arrays = {k: v for k, v in {"polarity": polarity, "base_ce": base_ce, **token_values}.items() if v is not None}
     features = []
     for i, ex in enumerate(examples):
         feat: dict[str, Any] = {"input_ids": ex.input_ids, "labels": ex.labels}
@@ -41,10 +44,10 @@ def make_features(
             lo, hi = int(offsets[i]), int(offsets[i + 1])
             if hi - lo != ex.num_response_tokens:
                 raise ValueError(f"example {ex.id}: {ex.num_response_tokens} response tokens, {hi - lo} scores")
-            if polarity is not None:
-                feat["polarity"] = spread(np.asarray(polarity[lo:hi], dtype=np.int64), ex.labels)
-            if base_ce is not None:
-                feat["base_ce"] = spread(np.asarray(base_ce[lo:hi], dtype=np.float32), ex.labels, 0.0)
+            for name, flat in arrays.items():
+                fill = TOKEN_FIELDS[name]
+                dtype = np.float32 if isinstance(fill, float) else np.int64
+                feat[name] = spread(np.asarray(flat[lo:hi], dtype=dtype), ex.labels, fill)
         features.append(feat)
     return features
 
