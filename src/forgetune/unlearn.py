@@ -13,6 +13,10 @@ Output folder::
     unlearn_config.yaml     the resolved config
     log_history.json        losses, forget / retain NLL, method metrics per logging step
     .done.json              run time, steps, final metrics (a rerun with the same inputs and config is skipped)
+
+With `--holdout FILE` (data of the forget set's kind that the model never trained on) unlearning stops once the
+forget set is as unlikely as that data: a fixed budget overshoots, and a forget set far *less* likely than unseen data
+betrays its membership to a loss attack as much as a remembered one does.
 """
 
 from __future__ import annotations
@@ -98,6 +102,12 @@ class UnlearnConfig:
         None, "--tokens scored: a model that does not know the forget set (e.g. fine-tuned on retain data only)."
     )
     token_fraction: float = option(0.5, "--tokens scored: fraction of forget tokens that get the forgetting term.")
+    holdout: str | None = option(
+        None, "Stopping rule: data of the forget set's kind that the model never trained on. Unlearning stops once the "
+        "forget set's mean NLL reaches the holdout's (both under the current model, every --stop-every steps), where "
+        "a loss-based membership attack can no longer tell forgotten from never seen; --epochs / --max-steps cap it."
+    )
+    stop_every: int = option(1, "--holdout: check the stopping rule every N steps.")
     learning_rate: float = option(1e-5, "Learning rate (AdamW).")
     lr_scheduler: str = option("constant", "transformers learning-rate schedule name.")
     epochs: float = option(5.0, "Passes over the forget set.")
@@ -129,6 +139,8 @@ class UnlearnConfig:
             raise ForgetuneError(f"unlearn: --prune must be in [0, 1), got {self.prune}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ForgetuneError(f"unlearn: --dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.stop_every < 1:
+            raise ForgetuneError(f"unlearn: --stop-every must be >= 1, got {self.stop_every}")
         if not (self.learning_rate > 0 and self.epochs > 0 and self.batch_size >= 1):
             raise ForgetuneError("unlearn: --learning-rate and --epochs must be > 0 and --batch-size >= 1")
         return self
@@ -275,6 +287,40 @@ class UnlearnTrainer(ObjectiveTrainer):
         return loss
 
 
+def mean_example_nll(model: torch.nn.Module, examples: list[Example], pad_token_id: int, desc: str) -> float:
+    """Mean over examples of each example's mean response-token NLL (the LOSS attack's per-example score)."""
+    offsets = example_offsets(examples)
+    ce = token_ce(model, examples, pad_token_id, desc=desc).astype(np.float64)
+    return float(np.mean(np.add.reduceat(ce, offsets[:-1]) / np.diff(offsets)))
+
+
+class StopAtHoldout(TrainerCallback):
+    """Ends training once the forget set's mean NLL reaches the holdout's, both measured under the current model
+    (unlearning raises the NLL of unseen look-alikes too, so a level fixed up front would be the wrong target).
+    Every process measures (scoring is collective under accelerate), so all stop at the same step."""
+
+    def __init__(self, forget: list[Example], holdout: list[Example], pad_token_id: int, every: int):
+        self.forget, self.holdout, self.pad, self.every = forget, holdout, pad_token_id, every
+        self.checks: list[dict[str, float]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every:
+            return
+        forget = mean_example_nll(model, self.forget, self.pad, "stopping rule: forget")
+        holdout = mean_example_nll(model, self.holdout, self.pad, "stopping rule: holdout")
+        model.train()
+        self.checks.append({"step": state.global_step, "stop_forget_nll": forget, "stop_holdout_nll": holdout})
+        if forget >= holdout:
+            log.info("unlearn: step %d: forget NLL %.3f reached the holdout's %.3f, stopping", state.global_step,
+                     forget, holdout)
+            control.should_training_stop = True
+
+    def summary(self) -> dict[str, Any]:
+        last = self.checks[-1] if self.checks else {}
+        return {"stopped": bool(last) and last["stop_forget_nll"] >= last["stop_holdout_nll"],
+                **{k: v for k, v in last.items() if k != "step"}}
+
+
 class KeepPruned(TrainerCallback):
     """Re-zero the pruned weights after every optimiser step, so prune-then-unlearn stays sparse."""
 
@@ -289,7 +335,8 @@ class KeepPruned(TrainerCallback):
 
 
 def unlearn_key(cfg: UnlearnConfig, model_path: Path) -> str:
-    files = {name: fingerprint_path(getattr(cfg, name)) for name in ("forget", "retain") if getattr(cfg, name)}
+    files = {name: fingerprint_path(getattr(cfg, name)) for name in ("forget", "retain", "holdout")
+             if getattr(cfg, name)}
     ref = model_fingerprint(resolve_model_path(cfg.token_reference)) if cfg.tokens == "scored" else None
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("output", "save_steps")}
     return hash_obj("unlearn", settings, files, model_fingerprint(model_path), ref)
@@ -320,6 +367,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path)
     forget, _ = load_examples(cfg.forget, tokenizer, cfg.format, cfg.max_length)
     retain = load_examples(cfg.retain, tokenizer, cfg.format, cfg.max_length)[0] if cfg.retain else None
+    holdout = load_examples(cfg.holdout, tokenizer, cfg.format, cfg.max_length)[0] if cfg.holdout else None
     model = load_trainable(model_path, ModelConfig(model=cfg.model, dtype=cfg.dtype))
     # The starting model's CE on the forget tokens: NPO's reference and the --tokens scored baseline.
     own_ce = token_ce(model, forget, tokenizer.pad_token_id, desc="scoring forget tokens")
@@ -345,18 +393,21 @@ def run_unlearn(cfg: UnlearnConfig) -> dict[str, Any]:
         write_text(out / "unlearn_config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     log.info("unlearn: %s on %d forget examples (%d forget tokens of %d)%s", cfg.method, len(forget),
              int(weights.sum()), len(weights), f", {len(retain)} retain examples" if retain else "")
+    callbacks = [KeepPruned(model, masks)] if masks else []
+    stop = StopAtHoldout(forget, holdout, tokenizer.pad_token_id, cfg.stop_every) if holdout else None
     model, history, full_weights = fit(
         model, tokenizer, dataset, method, cfg.train_config(), out, key=key, trainer_class=UnlearnTrainer,
-        collator=ForgetRetainCollator(tokenizer.pad_token_id), callbacks=[KeepPruned(model, masks)] if masks else None,
+        collator=ForgetRetainCollator(tokenizer.pad_token_id), callbacks=callbacks + ([stop] if stop else []),
     )
     steps = [h for h in history if "loss" in h]
     last = steps[-1] if steps else {}
     info = {"method": cfg.method, "seconds": round(time.time() - started, 2), "steps": last.get("step"),
             "forget_tokens": int(weights.sum()),
-            **{k: last[k] for k in ("forget_nll", "retain_nll", "forget_term") if k in last}}
+            **{k: last[k] for k in ("forget_nll", "retain_nll", "forget_term") if k in last},
+            **(stop.summary() if stop else {})}
     if state.is_main_process:
         save_model(model, tokenizer, out / "model", merge_lora=True, weights=full_weights)
-        write_json(out / "log_history.json", history)
+        write_json(out / "log_history.json", history + (stop.checks if stop else []))
         mark_done(out, key, **info)
     state.wait_for_everyone()
     return info

@@ -11,7 +11,10 @@ forget people from `finetuned` with `forgetune unlearn`. Each row is graded on:
 - forget_quality: KS-test p-value of the forget set's per-example NLL against the retain-only model's (TOFU);
 - mia_*: AUROC of membership-inference attacks, forget people (members) vs holdout people (never trained on),
   0.5 = indistinguishable;
-- seconds: run time of the unlearning alone.
+- seconds / steps: run time and optimiser steps of the unlearning alone.
+
+A `-stop` method is the same method ended by the stopping rule (`--holdout`): once the forget people are as unlikely
+as the seed's calibration people (never trained on, and not the attacks' non-members).
 """
 
 from __future__ import annotations
@@ -48,9 +51,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "prune-npo": {"method": "npo", "prune": 0.2},
     "npo-tokens": {"method": "npo", "tokens": "scored", "token_fraction": 0.5},
 }
+CALIBRATION = "calibration"  # replaced by the seed's calibration people file
+METHODS.update({f"{name}-stop": {**METHODS[name], "holdout": CALIBRATION}
+                for name in ("npo", "constrained", "simnpo", "graddiff", "ga")})
 REFERENCE_ROWS = ("base", "finetuned", "retain-only")
 METRICS = ("forget_acc", "retain_acc", "utility_acc", "forget_loss", "retain_loss", "forget_quality", "mia_loss",
-           "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "UA", "RA", "TA", "seconds")
+           "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "UA", "RA", "TA", "seconds", "steps")
 
 
 @dataclass
@@ -174,7 +180,7 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
             if done is not None and name != "retain-only":
                 log.info("[unlearn] seed %d: %s already in results.json", seed, name)
                 continue
-            seconds = None
+            seconds = steps = None
             if method is not None:
                 flags = {"model": str(finetuned), "forget": str(files["forget"]), "retain": str(files["retain"]),
                          "output": str(runs / method), "seed": seed, "learning_rate": cfg.unlearn_lr,
@@ -182,13 +188,16 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
                          "max_steps": cfg.max_steps, **METHODS[method]}
                 if flags.get("tokens") == "scored":
                     flags["token_reference"] = str(retain_only)
-                seconds = run_unlearn(UnlearnConfig(**flags))["seconds"]
+                if flags.get("holdout") == CALIBRATION:
+                    flags["holdout"] = str(files[CALIBRATION])
+                info = run_unlearn(UnlearnConfig(**flags))
+                seconds, steps = info["seconds"], info["steps"]
             if done is not None:  # retain-only is graded again only to restore the never-seen losses
                 grader.grade(model_dir, never_seen=True)
                 continue
             log.info("[unlearn] seed %d: grading %s", seed, name)
             rows.append({"method": name, "seed": seed, **grader.grade(model_dir, never_seen=name == "retain-only"),
-                         "seconds": seconds})
+                         "seconds": seconds, "steps": steps})
             log.info("[unlearn] seed %d: %s forget_acc %.3f retain_acc %.3f", seed, name, rows[-1]["forget_acc"],
                      rows[-1]["retain_acc"])
             write_outputs(cfg, root, rows, [*REFERENCE_ROWS, *methods])

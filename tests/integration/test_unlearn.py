@@ -292,6 +292,7 @@ def test_rerun_is_skipped_and_a_changed_setting_reruns(tiny_model_dir, data, tmp
     ("scored-no-reference", "--tokens scored needs --token-reference"),
     ("unknown-method", "unknown unlearning method 'magic'"),
     ("prune-too-big", "--prune must be in [0, 1), got 1.5"),
+    ("stop-every-zero", "--stop-every must be >= 1, got 0"),
 ])
 def test_bad_input_is_one_line_error(case, expected, tiny_model_dir, data, tmp_path, capsys):
     forget, retain = data
@@ -303,6 +304,7 @@ def test_bad_input_is_one_line_error(case, expected, tiny_model_dir, data, tmp_p
         "scored-no-reference": (("--tokens", "scored"), forget, retain),
         "unknown-method": (("--method", "magic"), forget, retain),
         "prune-too-big": (("--prune", "1.5"), forget, retain),
+        "stop-every-zero": (("--holdout", forget, "--stop-every", "0"), forget, retain),
     }[case]
     flags, forget_file, retain_file = extra
     assert unlearn(tiny_model_dir, forget_file, out, *flags, retain=retain_file) == 2
@@ -328,3 +330,47 @@ def test_method_knobs_reach_the_method_and_inner_forget_loss():
     assert (sparse.alpha, sparse.inner.name, sparse.inner.retain_weight) == (1e-3, "npo", 0.5)
     with pytest.raises(ForgetuneError, match="--retain-floor does not apply to --method npo"):
         build_method(UnlearnConfig(method="npo", retain_floor=-1.0), params)
+
+
+# --- stopping rule ----------------------------------------------------------------------------------------------
+
+def test_stopping_rule_ends_at_the_first_check_where_forget_reaches_holdout(tiny_model_dir, data, tmp_path,
+                                                                            tokenizer):
+    # The holdout is the forget set itself, so the two NLLs are equal at every check and the rule fires at the
+    # first one: step 2 with --stop-every 2, well before the cap of 6 steps.
+    forget, retain = data
+    out = tmp_path / "stopped"
+    assert unlearn(tiny_model_dir, forget, out, "--method", "npo", "--learning-rate", "1e-3", "--holdout", forget,
+                   "--stop-every", "2", "--max-steps", "6", retain=retain) == 0
+    done = json.loads((out / DONE_MARKER).read_text())
+    assert done["steps"] == 2 and done["stopped"] is True
+    assert done["stop_forget_nll"] == done["stop_holdout_nll"]
+    checks = [h for h in json.loads((out / "log_history.json").read_text()) if "stop_forget_nll" in h]
+    assert [h["step"] for h in checks] == [2]
+    # the check measured the model that was saved: mean over examples of each example's mean NLL
+    examples, _ = load_examples(forget, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    per_example = [float(token_ce(model, [ex], tokenizer.pad_token_id).mean()) for ex in examples]
+    assert done["stop_forget_nll"] == pytest.approx(np.mean(per_example), rel=1e-5)
+
+
+def test_stopping_rule_checks_every_n_steps_and_stops_once_forget_reaches_holdout(monkeypatch):
+    from transformers import TrainerControl, TrainerState
+
+    from forgetune import unlearn as unlearn_module
+
+    forget_set, holdout_set = ["forget"], ["holdout"]
+    # (forget NLL, holdout NLL) at the checks of steps 2 and 4; steps 1 and 3 are not checked
+    levels = {2: (1.0, 2.0), 4: (2.5, 2.4)}
+    state, control, model = TrainerState(), TrainerControl(), torch.nn.Linear(1, 1)
+    monkeypatch.setattr(unlearn_module, "mean_example_nll", lambda model, examples, pad, desc:
+                        levels[state.global_step][0 if examples is forget_set else 1])
+    stop = unlearn_module.StopAtHoldout(forget_set, holdout_set, 0, every=2)
+    for step in range(1, 7):
+        state.global_step = step
+        stop.on_step_end(None, state, control, model=model)
+        if control.should_training_stop:
+            break
+    assert step == 4 and model.training
+    assert [c["step"] for c in stop.checks] == [2, 4]
+    assert stop.summary() == {"stopped": True, "stop_forget_nll": 2.5, "stop_holdout_nll": 2.4}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from forgetune import unlearn_bench
 from forgetune.cli import main
 from forgetune.unlearn_bench import METRICS
@@ -14,17 +16,20 @@ SMALL = ["--people", "10", "--retain-eval", "6", "--utility-questions", "4", "--
 
 def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys, monkeypatch):
     args = ["bench", "unlearn", "--model", str(tiny_model_dir), "--results", str(tmp_path), *SMALL]
-    assert main([*args, "--methods", "ga,npo-tokens"]) == 0
+    assert main([*args, "--methods", "ga,npo-tokens,ga-stop"]) == 0
     root = tmp_path / "unlearn"
     results = json.loads((root / "results.json").read_text())
     rows = {r["method"]: r for r in results["runs"]}
-    assert list(rows) == ["retain-only", "base", "finetuned", "ga", "npo-tokens"]
+    assert list(rows) == ["retain-only", "base", "finetuned", "ga", "npo-tokens", "ga-stop"]
     for name, row in rows.items():
         assert row["UA"] == 1 - row["forget_acc"] and row["RA"] == row["retain_acc"] and row["TA"] == row["utility_acc"]
         assert all(0.0 <= row[m] <= 1.0 for m in METRICS if m.startswith("mia_") or m == "forget_quality")
         assert (row["seconds"] is None) == (name in ("retain-only", "base", "finetuned"))
     assert rows["retain-only"]["forget_quality"] == 1.0  # its own forget losses are the never-seen sample
     assert (root / "runs" / "seed0" / "npo-tokens" / "model" / "config.json").is_file()
+    stopped = yaml.safe_load((root / "runs" / "seed0" / "ga-stop" / "unlearn_config.yaml").read_text())
+    assert stopped["holdout"] == str(root / "data" / "seed0" / "calibration.jsonl")  # not the MIA's non-members
+    assert rows["ga-stop"]["steps"] == 1 and rows["ga"]["steps"] == 1
     assert (root / "tradeoff.png").stat().st_size > 0 and "| ga | 1 |" in (root / "results.md").read_text()
     # More seeds and methods add rows; finished ones stay as they were
     assert main([*args, "--methods", "ga,graddiff", "--seeds", "2"]) == 0

@@ -97,12 +97,23 @@ def test_people_are_fictitious_disjoint_and_deterministic():
     from forgetune.benchmarks.people import ATTRIBUTES, make_people
 
     splits = make_people(people=20, forget_fraction=0.1, seed=0)
-    people = {name: {r["meta"]["person"] for r in splits[name]} for name in ("forget", "retain", "holdout")}
-    assert [len(people[n]) for n in ("forget", "retain", "holdout")] == [2, 18, 2]
-    assert not (people["forget"] & people["retain"]) and not (people["holdout"] & (people["forget"] | people["retain"]))
+    names = ("forget", "retain", "holdout", "calibration")
+    people = {name: {r["meta"]["person"] for r in splits[name]} for name in names}
+    assert [len(people[n]) for n in names] == [2, 18, 2, 2]
+    assert sum(len(p) for p in people.values()) == len(set().union(*people.values()))  # nobody in two splits
     assert len(splits["forget"]) == 2 * len(ATTRIBUTES)  # every fact of a forgotten person is in the forget set
     assert sorted(r["id"] for r in splits["train"]) == sorted(r["id"] for r in splits["forget"] + splits["retain"])
     for r in splits["train"]:
         assert r["meta"]["answer"] in r["completion"] and r["meta"]["person"] in r["prompt"]
     assert splits == make_people(20, 0.1, 0)
     assert splits != make_people(20, 0.1, 1)
+
+
+def test_people_splits_of_committed_results_stay_as_they_were():
+    """results/unlearn was produced before the calibration people existed: they are drawn last, so a seed's other
+    splits (and its training file's order) did not change."""
+    from forgetune.benchmarks.people import make_people
+
+    splits = make_people(people=40, forget_fraction=0.1, seed=2)
+    assert splits["holdout"][0]["prompt"] == "In which year was Baekdrath Thorvraen born?"
+    assert [r["id"] for r in splits["train"][:3]] == ["retain-0150", "retain-0081", "retain-0037"]

@@ -3,7 +3,8 @@
 Names are random syllable strings and birthplaces invented towns, so no pretrained model can know them: whatever a
 model says about these people after fine-tuning, it learned from the training file. A person's five facts go to
 the same split, so forgetting a person means forgetting all five; `holdout` people are never trained on and serve
-as the non-members of the membership-inference attacks.
+as the non-members of the membership-inference attacks, and `calibration` people, never trained on either, are
+what an unlearning stopping rule may compare with (so the attacks are not graded on the data that chose the stop).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def _word(rng: random.Random, syllables: int) -> str:
     return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)).title()
 
 
-def _people(count: int, rng: random.Random) -> list[dict[str, str]]:
-    names: set[str] = set()
+def _people(count: int, rng: random.Random, taken: set[str] | None = None) -> list[dict[str, str]]:
+    names = set(taken or ())
     people = []
     while len(people) < count:
         name = f"{_word(rng, rng.choice((2, 3)))} {_word(rng, 2)}"
@@ -77,7 +78,8 @@ def _records(split: str, people: list[dict[str, str]]) -> list[dict[str, Any]]:
 
 def make_people(people: int, forget_fraction: float, seed: int) -> dict[str, list[dict[str, Any]]]:
     """Splits of `people` trained people (`forget` = forget_fraction of them, at least one; `retain` the rest) and
-    as many `holdout` people as are forgotten (never trained: the non-members). `train` = forget + retain."""
+    as many `holdout` and as many `calibration` people as are forgotten (never trained). `train` = forget + retain.
+    The calibration people are drawn last, so adding them left every other split of a seed as it was."""
     rng = random.Random(seed)
     n_forget = max(1, round(forget_fraction * people))
     everyone = _people(people + n_forget, rng)
@@ -86,4 +88,6 @@ def make_people(people: int, forget_fraction: float, seed: int) -> dict[str, lis
               "holdout": _records("holdout", holdout)}
     splits["train"] = splits["forget"] + splits["retain"]
     rng.shuffle(splits["train"])
+    calibration = _people(n_forget, rng, taken={p["name"] for p in everyone})
+    splits["calibration"] = _records("calibration", calibration)
     return splits
