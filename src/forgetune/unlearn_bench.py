@@ -205,7 +205,30 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
 
 
 def write_outputs(cfg: UnlearnBenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
-    plot_tradeoff(write_tables(cfg, root, rows, methods, METRICS), root / "tradeoff.png")
+    table = write_tables(cfg, root, rows, methods, METRICS)
+    write_text(root / "targets.md", targets_markdown(table))
+    plot_tradeoff(table, root / "tradeoff.png")
+
+
+def targets_met(entry: dict[str, Any], finetuned: dict[str, Any]) -> str:
+    """The issue's targets on seed means, against the fine-tuned model: F = forget acc <= 10 % of its value,
+    R = retain acc >= 90 % of its value, M = LOSS-attack AUC within 0.05 of 0.5."""
+    checks = {"F": entry["forget_acc"][0] <= 0.1 * finetuned["forget_acc"][0],
+              "R": entry["retain_acc"][0] >= 0.9 * finetuned["retain_acc"][0],
+              "M": abs(entry["mia_loss"][0] - 0.5) <= 0.05}
+    return "".join(name for name, met in checks.items() if met) or "none"
+
+
+def targets_markdown(table: list[dict[str, Any]]) -> str:
+    finetuned = next((e for e in table if e["method"] == "finetuned"), None)
+    if finetuned is None:
+        return "# unlearn targets\n\nNo finetuned row yet.\n"
+    lines = ["# unlearn targets", "", "F = forget acc <= 10 % of finetuned's, R = retain acc >= 90 % of finetuned's, "
+             "M = LOSS-attack AUC within 0.05 of 0.5 (seed means).", "", "| method | seeds | targets met |",
+             "|---|---|---|"]
+    lines += [f"| {e['method']} | {e['seeds']} | {targets_met(e, finetuned)} |"
+              for e in table if e["method"] not in REFERENCE_ROWS]
+    return "\n".join(lines) + "\n"
 
 
 def plot_tradeoff(table: list[dict[str, Any]], path: Path) -> None:

@@ -44,3 +44,17 @@ def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys,
     assert main([*args, "--methods", "ga", "--seeds", "2"]) == 0  # every row there: nothing retrained or regraded
     assert main([*args, "--people", "12"]) == 2  # other settings in the same folder are refused
     assert "other settings" in capsys.readouterr().err
+
+
+def test_targets_are_checked_against_the_finetuned_means():
+    from forgetune.unlearn_bench import targets_markdown
+
+    def entry(method, forget, retain, mia):
+        return {"method": method, "seeds": 3, "forget_acc": (forget, 0.1), "retain_acc": (retain, 0.1),
+                "mia_loss": (mia, 0.1)}
+
+    table = [entry("finetuned", 0.8, 0.8, 0.98), entry("all", 0.05, 0.75, 0.47), entry("none", 0.09, 0.71, 0.56),
+             entry("forget-only", 0.0, 0.2, 0.2)]
+    text = targets_markdown(table)
+    assert "| all | 3 | FRM |" in text and "| none | 3 | none |" in text and "| forget-only | 3 | F |" in text
+    assert "| finetuned |" not in text
