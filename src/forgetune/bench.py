@@ -145,7 +145,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
             rows.append({"method": method, "seed": seed, "seconds": round(time.time() - started, 1),
                          **{k: results.get(k) for k in METRICS}})
             log.info("[%s] seed %d: %s %s %.3f", cfg.name, seed, method, bench.headline, rows[-1][bench.headline])
-            write_outputs(cfg, root, rows, methods)  # after every method: an interrupted bench keeps its results
+            write_outputs(cfg, root, rows, list(METHODS))  # after every method: an interrupted bench keeps its results
     return rows
 
 
@@ -178,8 +178,10 @@ def markdown_table(table: list[dict[str, Any]], metrics: tuple[str, ...] = METRI
 
 def write_tables(cfg: Any, root: Path, rows: list[dict[str, Any]], methods: list[str],
                  metrics: tuple[str, ...]) -> list[dict[str, Any]]:
-    """results.csv (a row per method and seed), results.json (config, rows, summary), results.md (mean ± std)."""
-    table = summarise(rows, methods, metrics)
+    """results.csv (a row per method and seed), results.json (config, rows, summary), results.md (mean ± std).
+    The tables hold every method with rows, in the order of `methods` first: a bench run for a few methods adds
+    them to the folder's tables instead of hiding the earlier ones."""
+    table = summarise(rows, list(dict.fromkeys([*methods, *(r["method"] for r in rows)])), metrics)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(["method", "seed", "seconds", *metrics])),
                             restval="")

@@ -200,7 +200,7 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
                          "seconds": seconds, "steps": steps})
             log.info("[unlearn] seed %d: %s forget_acc %.3f retain_acc %.3f", seed, name, rows[-1]["forget_acc"],
                      rows[-1]["retain_acc"])
-            write_outputs(cfg, root, rows, [*REFERENCE_ROWS, *methods])
+            write_outputs(cfg, root, rows, [*REFERENCE_ROWS, *METHODS])
     return rows
 
 

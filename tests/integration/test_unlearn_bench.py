@@ -36,6 +36,9 @@ def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys,
     runs = json.loads((root / "results.json").read_text())["runs"]
     assert [r for r in runs if r["seed"] == 0 and r["method"] == "ga"] == [rows["ga"]]
     assert sorted(r["seed"] for r in runs if r["method"] == "graddiff") == [0, 1]
+    table = (root / "results.md").read_text()  # methods of the earlier run stay in the tables
+    assert "| npo-tokens | 1 |" in table and "| ga-stop | 1 |" in table and "| graddiff | 2 |" in table
+    assert "| ga-stop | 1 |" in (root / "targets.md").read_text()
     capsys.readouterr()
     def no_grading(*_):
         raise AssertionError("a finished seed was graded again")
