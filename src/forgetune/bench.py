@@ -34,6 +34,9 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "forget-3way": {"objective": "forget", "neutral": "ignore", "negative_mean": "negatives"},
     "unlikelihood": {"objective": "forget-unlikelihood"},
     "default": {},  # forget-npo, three-way split at 0, neutral tokens learned, per-token weighting
+    # rank by the reference's own CE: forget / drop only tokens it gives p < 0.1 (docs/results.md, section 6)
+    "default-ref": {"rank_by": "reference", "negative_below": -2.3},
+    "ignore-ref": {"objective": "ignore", "rank_by": "reference", "negative_below": -2.3},
 }
 METRICS = ("exact_match", "mc_acc", "memorised_noise", "distinct_1", "distinct_2", "self_bleu", "perplexity",
            "token_auroc", "example_auroc_min")
@@ -231,13 +234,13 @@ def plot_score_histogram(run_dir: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     run = pipeline.reopen(run_dir)
-    scores = np.asarray(pipeline.load_scores(run))
+    scores = pipeline.ranked_values(run)
     corrupted, _ = corrupted_tokens(run, run.examples)
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(np.percentile(scores, 0.5), np.percentile(scores, 99.5), 50)
     ax.hist(scores[~corrupted], bins=bins, alpha=0.6, density=True, label=f"clean tokens ({(~corrupted).sum()})")
     ax.hist(scores[corrupted], bins=bins, alpha=0.6, density=True, label=f"corrupted tokens ({corrupted.sum()})")
-    ax.set_xlabel("score = CE_base − CE_ref")
+    ax.set_xlabel("−CE_ref" if run.cfg.partition.rank_by == "reference" else "score = CE_base − CE_ref")
     ax.set_ylabel("density")
     ax.legend()
     ax.set_title(f"token scores ({run_dir.name}, {run.cfg.reference.cross_fit}-fold reference)")

@@ -72,8 +72,13 @@ class PartitionConfig:
         "global", "Ranking scope: global (whole corpus), sequence (each example) or batch (runs of batch_size "
         "consecutive examples in corpus order, not the shuffled training batches)."
     )
+    rank_by: str = option(
+        "difference", "What ranks the tokens: difference (score = CE_base - CE_ref, the paper's) or reference "
+        "(-CE_ref: tokens the reference finds unlikely rank lowest; under cross-fit it never saw their example)."
+    )
     negative_below: float | None = option(
-        0.0, "Three-way split: negatives only where score < this (e.g. 0); see `neutral` for the other tokens."
+        0.0, "Three-way split: negatives only where the ranked value (see rank_by) < this; see `neutral` for the "
+        "other tokens. With rank_by reference, -2.3 = where the reference gives the token p < 0.1."
     )
     neutral: str = option(
         "learn", "With negative_below: tokens neither positive nor negative are ignored (weight 0) or learned."
@@ -149,6 +154,8 @@ class RunConfig:
             raise ForgetuneError(f"rho must be in [0, 1], got {p.rho}: pass e.g. --rho 0.7")
         if p.granularity not in ("global", "sequence", "batch"):
             raise ForgetuneError(f"granularity must be global, sequence or batch, got {p.granularity!r}")
+        if p.rank_by not in ("difference", "reference"):
+            raise ForgetuneError(f"rank_by must be difference or reference, got {p.rank_by!r}")
         if p.neutral not in ("ignore", "learn"):
             raise ForgetuneError(f"neutral must be ignore or learn, got {p.neutral!r}")
         if p.negative_below is not None and not math.isfinite(p.negative_below):
@@ -206,7 +213,8 @@ TOP_LEVEL = ("output", "preset")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "reference": {"cross_fit": 1, "reference_fraction": 0.3},
-        "partition": {"rho": 0.7, "granularity": "global", "negative_below": None, "neutral": "ignore"},
+        "partition": {"rho": 0.7, "granularity": "global", "rank_by": "difference", "negative_below": None,
+                      "neutral": "ignore"},
         "train": {"objective": "forget", "lambda_max": 0.25, "lambda_min": 0.0, "max_grad_norm": 1.0,
                   "negative_mean": "negatives"},
     },

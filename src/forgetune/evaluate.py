@@ -99,7 +99,7 @@ def detection(run) -> dict[str, float]:
     """How well the scores (and the negative set) find the corrupted tokens and examples of the training data."""
     from forgetune import pipeline
 
-    scores = np.asarray(pipeline.load_scores(run))
+    scores = pipeline.ranked_values(run)  # what the partition ranked: the AUROC grades that ranking
     token_labels, example_labels = corrupted_tokens(run, run.examples)
     if not token_labels.any() or token_labels.all():
         return {}

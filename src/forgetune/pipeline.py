@@ -300,6 +300,13 @@ def load_scores(run: Run, name: str = "scores") -> np.ndarray:
     return load_npy(score_dir / f"{name}.npy")
 
 
+def ranked_values(run: Run) -> np.ndarray:
+    """The per-token value the partition ranks (high = learn): the score, or -CE_ref with rank_by reference."""
+    if run.cfg.partition.rank_by == "reference":
+        return -np.asarray(load_scores(run, "ce_ref"))
+    return np.asarray(load_scores(run))
+
+
 # ---------------------------------------------------------------------------------------------------------------- #
 # partition
 
@@ -314,10 +321,10 @@ def partition(run: Run) -> dict[str, Any]:
     started, p = time.time(), run.cfg.partition
     if not process_state().is_main_process:  # one process ranks and writes; the others wait for its record
         return _finish(run, "partition", key, started)
-    scores = np.asarray(load_scores(run))
+    values = ranked_values(run)
     offsets = example_offsets(run.examples)
     try:  # partition_tokens rejects NaN scores itself: no second pass over the corpus here
-        polarity = partition_polarity(scores, offsets, p.rho, p.granularity, run.cfg.train.batch_size,
+        polarity = partition_polarity(values, offsets, p.rho, p.granularity, run.cfg.train.batch_size,
                                       p.negative_below, p.neutral)
     except ValueError as e:
         raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: {e} (delete {run.stage_dir('score')} first: "

@@ -108,6 +108,13 @@ def test_stages_one_by_one_and_generate(tiny_model_dir, arith_jsonl, tmp_path, c
     assert printed.count("Q: ") == 2 and "base:" in printed and "trained:" in printed
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {"prompt", "base", "answer"} <= set(rows[0])
+    # rank_by reference re-partitions the same scores by -CE_ref: negatives are the tokens the reference finds unlikely
+    assert run_cli("partition", *args, "--rank-by", "reference", "--negative-below", "-1.0") == 0
+    ce_ref = np.load(out / "score" / "ce_ref.npy")
+    by_reference = np.load(out / "partition" / "polarity.npy")
+    lowest = np.sort(-ce_ref)[::-1][int(0.7 * ce_ref.size) - 1]  # the smallest top-rho -CE_ref
+    assert np.array_equal(by_reference == -1, (-ce_ref < lowest) & (ce_ref > 1.0))
+    assert set(np.unique(by_reference)) <= {-1, 1}  # neutral tokens (p >= 1/e) are learned by default
 
 
 def test_score_before_reference_is_a_clear_error(tiny_model_dir, arith_jsonl, tmp_path, capsys):

@@ -36,7 +36,8 @@ def test_defaults():
     cfg = resolve()
     assert cfg == RunConfig()
     # forgetune's defaults (docs/demo.md): three-way split at 0, neutral tokens learned, bounded NPO term per token.
-    assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", negative_below=0.0, neutral="learn")
+    assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", rank_by="difference", negative_below=0.0,
+                                           neutral="learn")
     assert (cfg.train.objective, cfg.train.lambda_min, cfg.train.lambda_max) == ("forget-npo", 0.0, 0.25)
     assert cfg.train.negative_mean == "tokens"
     assert cfg.reference.cross_fit == 2
@@ -77,7 +78,8 @@ def test_paper_preset_values():
     cfg = resolve(flags={"preset": "paper"})
     assert cfg.reference.cross_fit == 1
     assert cfg.reference.reference_fraction == 0.3
-    assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", negative_below=None, neutral="ignore")
+    assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", rank_by="difference", negative_below=None,
+                                           neutral="ignore")
     assert cfg.train.objective == "forget" and cfg.train.negative_mean == "negatives"
     assert (cfg.train.lambda_min, cfg.train.lambda_max, cfg.train.max_grad_norm) == (0.0, 0.25, 1.0)
     assert set(PRESETS) >= {"paper"}
@@ -140,6 +142,7 @@ def test_empty_yaml_is_defaults(tmp_path):
         ({"lambda_min": 0.5, "lambda_max": 0.25}, r"lambda_min \(0\.5\) must not exceed lambda_max \(0\.25\)"),
         ({"granularity": "token"}, "granularity must be global, sequence or batch"),
         ({"negative_below": float("nan")}, "negative_below must be a finite number"),
+        ({"rank_by": "base"}, "rank_by must be difference or reference, got 'base'"),
         ({"cross_fit": 0}, "cross_fit must be >= 1"),
         ({"reference_fraction": 0.0}, r"reference_fraction must be in \(0, 1\]"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
@@ -229,7 +232,8 @@ def test_dump_load_from_dict_round_trip(tmp_path):
 def test_dump_yaml_is_sectioned():
     data = load_yaml_text(dump_yaml(RunConfig()))
     assert list(data)[:2] == ["output", "preset"]
-    assert data["partition"] == {"rho": 0.7, "granularity": "global", "negative_below": 0.0, "neutral": "learn"}
+    assert data["partition"] == {"rho": 0.7, "granularity": "global", "rank_by": "difference", "negative_below": 0.0,
+                                 "neutral": "learn"}
     assert data["data"]["data"] is None
 
 
