@@ -50,6 +50,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "l1sparse": {"method": "l1sparse", "forget_loss": "npo"},
     "prune-npo": {"method": "npo", "prune": 0.2},
     "npo-tokens": {"method": "npo", "tokens": "scored", "token_fraction": 0.5},
+    # simnpo kept the most retain accuracy at the fixed budget; three ways to push it past the targets
+    "simnpo-r3": {"method": "simnpo", "retain_weight": 3.0},
+    "simnpo-tokens": {"method": "simnpo", "tokens": "scored", "token_fraction": 0.5},
+    "constrained-simnpo": {"method": "constrained", "forget_loss": "simnpo", "retain_floor": -1.0},
 }
 CALIBRATION = "calibration"  # replaced by the seed's calibration people file
 METHODS.update({f"{name}-stop": {**METHODS[name], "holdout": CALIBRATION}
