@@ -65,8 +65,9 @@ class BenchConfig:
 
 
 def _donate(run: pipeline.Run, donors: list[Path]) -> None:
-    """Copy the upstream stages this run needs from sibling runs with the same content hash: same result, no
-    recompute. Each copy lands atomically, so an interrupted bench never sees a half-copied stage as done."""
+    """Copy the upstream stages this run needs from sibling runs (any method of the seed, from this bench or an
+    earlier one in the folder) with the same content hash: same result, no recompute. Each copy lands atomically, so an
+    interrupted bench never sees a half-copied stage as done."""
     import shutil
 
     from forgetune.io import stage_done
@@ -116,11 +117,8 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     rows = finished_rows(cfg, root)
     for seed in range(cfg.seeds):
         files = build_benchmark(cfg, seed, root / "data" / f"seed{seed}")
-        done_runs: list[Path] = []
         for method in methods:
             run_dir = root / "runs" / f"seed{seed}" / method
-            if METHODS[method] is not None:
-                done_runs.append(run_dir)
             if any(r["seed"] == seed and r["method"] == method for r in rows):
                 log.info("[%s] seed %d: %s already in results.json", cfg.name, seed, method)
                 continue
@@ -139,7 +137,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                          "epochs": cfg.epochs, "reference_epochs": cfg.epochs, "batch_size": cfg.batch_size,
                          "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, **METHODS[method]}
                 run = pipeline.open_run(resolve(flags=flags))
-                _donate(run, done_runs[:-1])
+                _donate(run, sorted(d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir))
                 pipeline.run_all(run)
                 eval_cfg.target = str(run_dir)
             results = evaluate(eval_cfg)

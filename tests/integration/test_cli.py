@@ -323,6 +323,14 @@ def test_bench_adds_seeds_to_finished_rows_and_refuses_other_settings(tiny_model
     assert run_cli(*args, "--noise", "0.5") == 2  # other settings: refused, the earlier results are kept
     assert "holds a bench with other settings (noise 0.3 there, 0.5 now)" in capsys.readouterr().err
     assert json.loads((tmp_path / "arith" / "results.json").read_text())["runs"] == second
+    # a later bench for another method takes the cross-fit reference and scores of an earlier one instead of retraining
+    assert run_cli(*args[:-3], "--methods", "ignore", "--quiet") == 0
+    assert run_cli(*args[:-3], "--methods", "default-ref", "--quiet") == 0
+    seed0 = tmp_path / "arith" / "runs" / "seed0"
+    for stage in ("reference", "score"):
+        assert (seed0 / "default-ref" / stage / DONE_MARKER).read_bytes() == (seed0 / "ignore" / stage / DONE_MARKER
+                                                                              ).read_bytes()
+    assert "| default-ref | 1 |" in (tmp_path / "arith" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "facts", "truthfulqa"])
