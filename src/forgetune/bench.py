@@ -9,16 +9,19 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from forgetune import pipeline
 from forgetune.benchmarks import BENCHMARKS, build_benchmark, spec
-from forgetune.config import option, resolve
+from forgetune.config import RunConfig, apply_overrides, option, resolve
 from forgetune.errors import ForgetuneError
 from forgetune.evaluate import EvalConfig, corrupted_tokens, evaluate
 from forgetune.io import atomic_path, read_json, write_json, write_text
@@ -46,7 +49,8 @@ METRICS = ("exact_match", "mc_acc", "memorised_noise", "distinct_1", "distinct_2
 class BenchConfig:
     name: str = option(None, f"Benchmark: {', '.join(BENCHMARKS)}; or unlearn (its flags: forgetune bench unlearn -h).")
     seeds: int = option(1, "Seeds (0 .. seeds-1): data, reference folds and training all change with the seed.")
-    methods: str = option(",".join(METHODS), "Comma-separated methods to compare.")
+    methods: str = option(",".join(METHODS), "Comma-separated methods to compare; NAME:KEY=VALUE:... adds training "
+                          "settings to a method, for tuning (e.g. default:lambda_max=0.5:rho=0.5).")
     results: str = option("results", "Results root; this benchmark writes results/NAME/.")
     n_train: int | None = option(None, "Training examples (default: the benchmark's own, see docs/results.md).")
     n_test: int | None = option(None, "Clean test questions (default: the benchmark's own).")
@@ -64,12 +68,41 @@ class BenchConfig:
     diversity_prompts: int = option(10, "Prompts sampled for diversity.")
 
 
+def method_flags(method: str) -> dict[str, Any] | None:
+    """A method's training flags: a registered method, optionally with settings after colons
+    ("default:lambda_max=0.5:rho=0.5"). The settings win over the method's own, so a tuned variant is one row of the
+    same bench, sharing its data, its base and sft rows and (when the reference settings match) its reference."""
+    name, *settings = method.split(":")
+    if name not in METHODS:
+        raise ForgetuneError(f"unknown method {name!r}; choose from {', '.join(METHODS)} "
+                             "(NAME:KEY=VALUE adds a setting)")
+    if not settings:
+        return METHODS[name]
+    if METHODS[name] is None:
+        raise ForgetuneError(f"method {method!r}: {name} trains nothing, so it takes no settings")
+    extra: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise ForgetuneError(f"method {method!r}: {setting!r} is not KEY=VALUE; e.g. default:lambda_max=0.5")
+        extra[key.replace("-", "_")] = None if value.lower() in ("none", "null") else yaml.safe_load(value)
+    apply_overrides(RunConfig(), extra, f"method {method!r}")  # a typo fails now, not after the other methods
+    return {**METHODS[name], **extra}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
+
+
 def _donate(run: pipeline.Run, donors: list[Path]) -> None:
     """Copy the upstream stages this run needs from sibling runs (any method of the seed, from this bench or an
     earlier one in the folder) with the same content hash: same result, no recompute. Each copy lands atomically, so an
-    interrupted bench never sees a half-copied stage as done."""
-    import shutil
-
+    interrupted bench never sees a half-copied stage as done. Files are hard-linked where the file system allows (every
+    stage file is written whole, through a temporary, never edited in place): full copies of the reference's weights
+    in each method's folder once filled a disk."""
     from forgetune.io import stage_done
 
     if not run.objective().needs_partition:
@@ -81,7 +114,7 @@ def _donate(run: pipeline.Run, donors: list[Path]) -> None:
         donor = next((d / stage for d in donors if stage_done(d / stage, key)), None)
         if donor is not None:
             with atomic_path(run.stage_dir(stage), is_dir=True) as tmp:
-                shutil.copytree(donor, tmp, dirs_exist_ok=True)
+                shutil.copytree(donor, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
 
 
 # Options that do not change a (seed, method) result: a bench rerun with other values reuses the finished rows.
@@ -108,9 +141,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     cfg = replace(cfg, n_train=cfg.n_train or bench.n_train, n_test=cfg.n_test or bench.n_test,
                   max_new_tokens=cfg.max_new_tokens or bench.max_new_tokens)  # saved resolved, compared on resume
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ForgetuneError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    flags_of = {method: method_flags(method) for method in methods}
     if cfg.eval_split not in ("test", "dev"):
         raise ForgetuneError(f"unknown --eval-split {cfg.eval_split!r}; choose test or dev")
     root = Path(cfg.results) / cfg.name
@@ -129,13 +160,13 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                                   max_new_tokens=cfg.max_new_tokens,
                                   lm_eval_tasks=files.get("lm_eval_tasks"),
                                   lm_eval_include=str(files["lm_eval_include"]) if "lm_eval_include" in files else None)
-            if METHODS[method] is None:
+            if flags_of[method] is None:
                 base_dir = pipeline.resolve_model_path(cfg.model)
                 eval_cfg.target, eval_cfg.report = str(base_dir), str(run_dir / "eval.json")
             else:
                 flags = {"model": cfg.model, "data": str(files["train"]), "output": str(run_dir), "seed": seed,
                          "epochs": cfg.epochs, "reference_epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                         "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, **METHODS[method]}
+                         "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, **flags_of[method]}
                 run = pipeline.open_run(resolve(flags=flags))
                 _donate(run, sorted(d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir))
                 pipeline.run_all(run)

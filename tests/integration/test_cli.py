@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from forgetune.cli import main
@@ -330,7 +331,17 @@ def test_bench_adds_seeds_to_finished_rows_and_refuses_other_settings(tiny_model
     for stage in ("reference", "score"):
         assert (seed0 / "default-ref" / stage / DONE_MARKER).read_bytes() == (seed0 / "ignore" / stage / DONE_MARKER
                                                                               ).read_bytes()
+    # hard-linked, not copied: nine methods per seed must not hold nine copies of the reference's weights
+    weights = "reference/model-0/model.safetensors"
+    assert (seed0 / "default-ref" / weights).stat().st_ino == (seed0 / "ignore" / weights).stat().st_ino
     assert "| default-ref | 1 |" in (tmp_path / "arith" / "results.md").read_text()
+    # a tuned variant is one more row of the same bench: its setting reaches the run, the reference is shared
+    assert run_cli(*args[:-3], "--methods", "default:lambda_max=0.5", "--quiet") == 0
+    variant = seed0 / "default:lambda_max=0.5"
+    assert yaml.safe_load((variant / "config.yaml").read_text())["train"]["lambda_max"] == 0.5
+    assert (variant / "reference" / DONE_MARKER).read_bytes() == (seed0 / "ignore" / "reference" / DONE_MARKER
+                                                                   ).read_bytes()
+    assert "| default:lambda_max=0.5 | 1 |" in (tmp_path / "arith" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "facts", "truthfulqa"])
@@ -349,7 +360,11 @@ def test_every_benchmark_runs_end_to_end(name, tiny_model_dir, tmp_path):
 
 def test_bench_rejects_unknown_method(tiny_model_dir, tmp_path, capsys):
     assert run_cli("bench", "arith", "--model", tiny_model_dir, "--results", tmp_path, "--methods", "sft,magic") == 2
-    assert "unknown method(s) magic" in capsys.readouterr().err
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    assert run_cli("bench", "arith", "--model", tiny_model_dir, "--results", tmp_path, "--methods",
+                   "default:lamda_max=0.5") == 2  # a misspelt setting fails before anything trains
+    assert "method 'default:lamda_max=0.5': unknown config field 'lamda_max'" in capsys.readouterr().err
+    assert not (tmp_path / "arith").exists()
 
 
 def test_demo_runs_and_prints_split_and_answers(tiny_model_dir, tmp_path, capsys):

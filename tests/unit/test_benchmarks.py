@@ -117,3 +117,18 @@ def test_people_splits_of_committed_results_stay_as_they_were():
     splits = make_people(people=40, forget_fraction=0.1, seed=2)
     assert splits["holdout"][0]["prompt"] == "In which year was Baekdrath Thorvraen born?"
     assert [r["id"] for r in splits["train"][:3]] == ["retain-0150", "retain-0081", "retain-0037"]
+
+
+def test_method_settings_parse_and_win_over_the_methods_own():
+    from forgetune.bench import METHODS, method_flags
+
+    assert method_flags("default") == METHODS["default"] and method_flags("base") is None
+    assert method_flags("default-ref:negative_below=-1:rho=0.5") == {"rank_by": "reference", "negative_below": -1,
+                                                                    "rho": 0.5}
+    assert method_flags("ignore:negative-below=none:learning_rate=0.0001") == {
+        "objective": "ignore", "negative_below": None, "learning_rate": 1e-4}
+    assert method_flags("sft:learning_rate=1e-4")["learning_rate"] == "1e-4"  # YAML 1.1: a string, coerced on resolve
+    for method, error in [("magic", "unknown method 'magic'"), ("base:rho=0.5", "base trains nothing"),
+                          ("default:rho", "'rho' is not KEY=VALUE"), ("default:rho=high", "field 'rho' must be float")]:
+        with pytest.raises(ForgetuneError, match=error):
+            method_flags(method)
