@@ -1,7 +1,8 @@
 """`forgetune bench NAME`: methods x seeds on a benchmark with ground-truth noise; tables, JSON, CSV and plots.
 
 Each seed gets its own data (train with labelled noise, dev, clean test). Methods that share a reference setting share
-its reference, scores and partition (copied between run dirs, keyed by content hash), so a method costs one training.
+its reference, scores and partition (hard-linked between run dirs, keyed by content hash), so a method costs one
+training.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def method_flags(method: str) -> dict[str, Any] | None:
     ("default:lambda_max=0.5:rho=0.5"). The settings win over the method's own, so a tuned variant is one row of the
     same bench, sharing its data, its base and sft rows and (when the reference settings match) its reference."""
     name, *settings = method.split(":")
+    if "/" in method:  # the method names its run folder
+        raise ForgetuneError(f"method {method!r}: no '/' in a method; put a file it needs in the working directory")
     if name not in METHODS:
         raise ForgetuneError(f"unknown method {name!r}; choose from {', '.join(METHODS)} "
                              "(NAME:KEY=VALUE adds a setting)")

@@ -129,6 +129,7 @@ def test_method_settings_parse_and_win_over_the_methods_own():
         "objective": "ignore", "negative_below": None, "learning_rate": 1e-4}
     assert method_flags("sft:learning_rate=1e-4")["learning_rate"] == "1e-4"  # YAML 1.1: a string, coerced on resolve
     for method, error in [("magic", "unknown method 'magic'"), ("base:rho=0.5", "base trains nothing"),
-                          ("default:rho", "'rho' is not KEY=VALUE"), ("default:rho=high", "field 'rho' must be float")]:
+                          ("default:rho", "'rho' is not KEY=VALUE"), ("default:rho=high", "field 'rho' must be float"),
+                          ("default:reference_data=data/clean.jsonl", "no '/' in a method")]:
         with pytest.raises(ForgetuneError, match=error):
             method_flags(method)
