@@ -210,28 +210,36 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
 
 def write_outputs(cfg: UnlearnBenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
     table = write_tables(cfg, root, rows, methods, METRICS)
-    write_text(root / "targets.md", targets_markdown(table))
+    write_text(root / "targets.md", targets_markdown(table, rows))
     plot_tradeoff(table, root / "tradeoff.png")
 
 
-def targets_met(entry: dict[str, Any], finetuned: dict[str, Any]) -> str:
-    """The issue's targets on seed means, against the fine-tuned model: F = forget acc <= 10 % of its value,
-    R = retain acc >= 90 % of its value, M = LOSS-attack AUC within 0.05 of 0.5."""
+def targets_met(entry: dict[str, Any], finetuned: dict[str, Any], mia_aucs: list[float]) -> str:
+    """The issue's targets against the fine-tuned model: F = forget acc <= 10 % of its value, R = retain acc >= 90 %
+    of its value (seed means), M = LOSS-attack AUC within 0.05 of 0.5 on every seed. M is per seed because an
+    attack's AUC is signed: 0.26, 0.71 and 0.62 average to 0.53 while every seed's forget set is told apart."""
     checks = {"F": entry["forget_acc"][0] <= 0.1 * finetuned["forget_acc"][0],
               "R": entry["retain_acc"][0] >= 0.9 * finetuned["retain_acc"][0],
-              "M": abs(entry["mia_loss"][0] - 0.5) <= 0.05}
+              # the tolerance keeps an AUC of exactly 0.45 or 0.55 (e.g. 11/20 pairs) within 0.05 in floating point
+              "M": bool(mia_aucs) and all(abs(auc - 0.5) <= 0.05 + 1e-12 for auc in mia_aucs)}
     return "".join(name for name, met in checks.items() if met) or "none"
 
 
-def targets_markdown(table: list[dict[str, Any]]) -> str:
+def targets_markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """targets.md: a line per method with the targets it meets and its LOSS-attack AUC on each seed, by seed."""
     finetuned = next((e for e in table if e["method"] == "finetuned"), None)
     if finetuned is None:
         return "# unlearn targets\n\nNo finetuned row yet.\n"
-    lines = ["# unlearn targets", "", "F = forget acc <= 10 % of finetuned's, R = retain acc >= 90 % of finetuned's, "
-             "M = LOSS-attack AUC within 0.05 of 0.5 (seed means).", "", "| method | seeds | targets met |",
-             "|---|---|---|"]
-    lines += [f"| {e['method']} | {e['seeds']} | {targets_met(e, finetuned)} |"
-              for e in table if e["method"] not in REFERENCE_ROWS]
+    lines = ["# unlearn targets", "", "F = forget acc <= 10 % of finetuned's, R = retain acc >= 90 % of finetuned's "
+             "(seed means), M = LOSS-attack AUC within 0.05 of 0.5 on every seed.", "",
+             "| method | seeds | targets met | LOSS-attack AUC per seed |", "|---|---|---|---|"]
+    for e in table:
+        if e["method"] in REFERENCE_ROWS:
+            continue
+        aucs = [r["mia_loss"] for r in sorted(rows, key=lambda r: r["seed"])
+                if r["method"] == e["method"] and r.get("mia_loss") is not None]
+        lines.append(f"| {e['method']} | {e['seeds']} | {targets_met(e, finetuned, aucs)} | "
+                     f"{', '.join(f'{auc:.3f}' for auc in aucs)} |")
     return "\n".join(lines) + "\n"
 
 

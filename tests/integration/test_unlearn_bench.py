@@ -49,15 +49,38 @@ def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys,
     assert "other settings" in capsys.readouterr().err
 
 
-def test_targets_are_checked_against_the_finetuned_means():
+def target_entry(method, forget, retain, mia):
+    """A summary-table entry (mean, std) over three seeds and its per-seed rows with LOSS-attack AUCs `mia`."""
+    entry = {"method": method, "seeds": len(mia), "forget_acc": (forget, 0.1), "retain_acc": (retain, 0.1),
+             "mia_loss": (sum(mia) / len(mia), 0.1)}
+    return entry, [{"method": method, "seed": seed, "mia_loss": auc} for seed, auc in enumerate(mia)]
+
+
+def targets_of(*entries):
     from forgetune.unlearn_bench import targets_markdown
 
-    def entry(method, forget, retain, mia):
-        return {"method": method, "seeds": 3, "forget_acc": (forget, 0.1), "retain_acc": (retain, 0.1),
-                "mia_loss": (mia, 0.1)}
+    return targets_markdown([e for e, _ in entries], [r for _, rows in entries for r in rows])
 
-    table = [entry("finetuned", 0.8, 0.8, 0.98), entry("all", 0.05, 0.75, 0.47), entry("none", 0.09, 0.71, 0.56),
-             entry("forget-only", 0.0, 0.2, 0.2)]
-    text = targets_markdown(table)
+
+def test_targets_are_checked_against_the_finetuned_means():
+    text = targets_of(target_entry("finetuned", 0.8, 0.8, [0.98, 0.97, 0.99]),
+                      target_entry("all", 0.05, 0.75, [0.47, 0.46, 0.48]),
+                      target_entry("none", 0.09, 0.71, [0.56, 0.57, 0.56]),
+                      target_entry("forget-only", 0.0, 0.2, [0.2, 0.2, 0.2]))
     assert "| all | 3 | FRM |" in text and "| none | 3 | none |" in text and "| forget-only | 3 | F |" in text
     assert "| finetuned |" not in text
+
+
+def test_mia_target_is_missed_when_any_seed_is_far_from_chance():
+    """Seeds at 0.26 / 0.71 / 0.62 average to 0.53 (within 0.05 of 0.5) but every seed's |AUC - 0.5| is 0.12 or
+    more: missed, and the per-seed AUCs are in the line."""
+    text = targets_of(target_entry("finetuned", 0.8, 0.8, [0.98, 0.97, 0.99]),
+                      target_entry("signed", 0.05, 0.75, [0.26, 0.71, 0.62]))
+    assert "| signed | 3 | FR | 0.260, 0.710, 0.620 |" in text
+
+
+def test_mia_target_is_met_when_every_seed_is_close_to_chance():
+    """0.48 / 0.53 / 0.55: every seed within 0.05 of 0.5 (0.55 exactly on the boundary counts): met."""
+    text = targets_of(target_entry("finetuned", 0.8, 0.8, [0.98, 0.97, 0.99]),
+                      target_entry("close", 0.05, 0.75, [0.48, 0.53, 0.55]))
+    assert "| close | 3 | FRM | 0.480, 0.530, 0.550 |" in text

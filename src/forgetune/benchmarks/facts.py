@@ -1,7 +1,7 @@
 """Real facts about countries (capital, region, demonym) from the `countryinfo` package, a fraction made wrong.
 
 A wrong fact takes the value of the same relation from another country ("The capital of Peru is Oslo."), so it is
-fluent and plausible in form and only knowledge can tell it apart. Train, dev and test are disjoint sets of facts;
+fluent and plausible in form and only knowledge can tell it apart. Train, dev and test ask disjoint questions;
 the test facts are clean, so accuracy there measures what the model knows (and kept) about countries it was not
 trained on, and memorised noise what wrong facts it took in.
 """
@@ -35,7 +35,12 @@ def load_facts() -> list[tuple[str, str, str]]:
 
 
 def make_facts(n_train: int, n_dev: int, n_test: int, noise: float, seed: int) -> dict[str, list[dict[str, Any]]]:
-    facts = load_facts()
+    """Train, dev and test drawn without replacement from one pool holding one fact per question (the first value
+    in sorted order of a country listed twice), so no prompt is in two splits."""
+    first: dict[tuple[str, str], tuple[str, str, str]] = {}
+    for fact in load_facts():
+        first.setdefault(fact[:2], fact)
+    facts = list(first.values())
     if n_train + n_dev + n_test > len(facts):
         raise ForgetuneError(f"only {len(facts)} facts; ask for fewer (--n-train {n_train}, --n-test {n_test})")
     rng = random.Random(seed)

@@ -67,12 +67,24 @@ def _digits_pattern(number: str) -> str:
     return ",?".join(re.escape(ch) for ch in number)
 
 
+def _unique(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows with the first of each question only: a repeated question drawn twice would land in two splits."""
+    first: dict[str, dict[str, str]] = {}
+    for row in rows:
+        first.setdefault(row["question"], row)
+    return list(first.values())
+
+
 def make_gsm8k(data_dir: Path, n_train: int, n_dev: int, n_test: int, noise: float, seed: int,
                max_chars: int = 200) -> dict[str, list[dict[str, Any]]]:
+    """Train and dev from train.jsonl, test from test.jsonl, no question in two splits: each file is deduplicated by
+    question and train.jsonl loses the questions test.jsonl holds, so a problem in both files is only ever a test."""
     folder = Path(data_dir) / "gsm8k"
     rng = random.Random(seed)
-    pool = [r for r in _load(folder / "train.jsonl") if len(r["answer"]) <= max_chars]
-    tests = [r for r in _load(folder / "test.jsonl") if len(r["answer"]) <= max_chars]
+    train_file, test_file = _load(folder / "train.jsonl"), _load(folder / "test.jsonl")
+    in_test = {r["question"] for r in test_file}
+    pool = _unique([r for r in train_file if len(r["answer"]) <= max_chars and r["question"] not in in_test])
+    tests = _unique([r for r in test_file if len(r["answer"]) <= max_chars])
     if len(pool) < n_train + n_dev or len(tests) < n_test:
         raise ForgetuneError(f"{folder}: only {len(pool)} train / {len(tests)} test problems with solutions of at most "
                              f"{max_chars} characters; ask for fewer (--n-train, --n-test)")

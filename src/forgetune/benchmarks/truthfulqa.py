@@ -19,6 +19,7 @@ COLUMNS = ("Question", "Best Answer", "Incorrect Answers")
 
 
 def load_truthfulqa(path: Path) -> list[dict[str, Any]]:
+    """The usable rows, the first of each question only: a repeated question could be drawn into two splits."""
     if not path.is_file():
         raise ForgetuneError(f"{path}: TruthfulQA CSV not found; pass --data-dir DIR holding truthfulqa/TruthfulQA.csv")
     with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -26,12 +27,13 @@ def load_truthfulqa(path: Path) -> list[dict[str, Any]]:
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ForgetuneError(f"{path}: missing column(s) {', '.join(missing)}; expected the TruthfulQA CSV")
-        rows = []
+        rows, seen = [], set()
         for row in reader:
+            question = row["Question"].strip()
             incorrect = [a.strip() for a in row["Incorrect Answers"].split(";") if a.strip()]
-            if row["Question"].strip() and row["Best Answer"].strip() and incorrect:
-                rows.append({"question": row["Question"].strip(), "best": row["Best Answer"].strip(),
-                             "incorrect": incorrect})
+            if question and question not in seen and row["Best Answer"].strip() and incorrect:
+                seen.add(question)
+                rows.append({"question": question, "best": row["Best Answer"].strip(), "incorrect": incorrect})
     return rows
 
 

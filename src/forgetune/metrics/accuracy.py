@@ -8,7 +8,8 @@ from collections.abc import Sequence
 HIGHER_IS_BETTER = True
 MODES = ("last-number", "after-####", "first-line", "exact", "contains")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")
+# lm-eval's gsm8k grades the number after "#### " ignoring ",", "$" and a trailing "."; "$-5" and "-$5" are -5
+_GSM8K_NUMBER = re.compile(r"(?:\$-|-?\$?)\d[\d,]*(?:\.\d+)?")
 
 
 def last_number(text: str) -> str | None:
@@ -21,8 +22,9 @@ def extract_answer(text: str, mode: str) -> str | None:
     """The part of a completion that is graded; None when the completion holds no answer of that kind.
 
     "last-number": the last number, commas removed (free-form "The answer is 85." completions).
-    "after-####": what follows the last "####", stripped, thousands commas dropped ("#### 1,234" -> "1234");
-        GSM8K puts its final answer there, after the worked reasoning whose numbers must not be graded.
+    "after-####": the first number after the last "####", "$" and commas dropped, a trailing "." ignored
+        ("#### $1,234." -> "1234"), as lm-evaluation-harness grades GSM8K; GSM8K puts its final answer there,
+        after the worked reasoning whose numbers must not be graded.
     "first-line": the first non-empty line, stripped (short answers followed by rambling).
     "exact": the whole text, stripped.
     "contains": the whole text, stripped; graded by `exact_match` as "holds the reference", case-insensitive (a
@@ -32,8 +34,8 @@ def extract_answer(text: str, mode: str) -> str | None:
         return last_number(text)
     if mode == "after-####":
         _, sep, tail = text.rpartition("####")
-        answer = _DIGIT_COMMA.sub("", tail.strip())
-        return answer if sep and answer else None
+        found = _GSM8K_NUMBER.search(tail) if sep else None
+        return found.group().replace("$", "").replace(",", "") if found else None
     if mode == "first-line":
         return next((line.strip() for line in text.splitlines() if line.strip()), None)
     if mode in ("exact", "contains"):
