@@ -21,18 +21,30 @@ import numpy as np
 import yaml
 
 from forgetune import pipeline
+from forgetune.bench_targets import targets_markdown
 from forgetune.benchmarks import BENCHMARKS, build_benchmark, spec
 from forgetune.config import RunConfig, apply_overrides, option, resolve
 from forgetune.errors import ForgetuneError
 from forgetune.evaluate import EvalConfig, corrupted_tokens, evaluate
 from forgetune.io import atomic_path, read_json, write_json, write_text
+from forgetune.metrics.paired import mean_std, paired_difference
 
 log = logging.getLogger(__name__)
 
-# Each method: flags over the benchmark's base flags. "base" evaluates the untrained model.
+# Each method: flags over the benchmark's base flags. "base" evaluates the untrained model. "data" names the bench
+# file a method trains on instead of the (noisy) train file: trusted (the trusted set alone) or train_clean (every
+# answer corrected: the ceiling of any detector).
 METHODS: dict[str, dict[str, Any] | None] = {
     "base": None,
     "sft": {"objective": "sft"},
+    "sft-trusted": {"objective": "sft", "data": "trusted"},
+    "clean-sft": {"objective": "sft", "data": "train_clean"},
+    # negatives = exactly the corrupted tokens: how much any detector-based method could gain
+    "oracle-ignore": {"objective": "ignore", "rank_by": "labels"},
+    "oracle-forget": {"rank_by": "labels"},
+    # drop whole examples the reference flags, then SFT: token level has to beat example level to justify itself
+    "filter": {"objective": "ignore", "rank_by": "reference", "negative_below": -2.3, "unit": "example"},
+    "loss-truncation": {"objective": "loss-truncation"},  # reference-free: drop each batch's highest-loss tokens
     "ignore": {"objective": "ignore", "negative_below": None},  # the paper's ignore: drop every non-positive token
     "paper": {"preset": "paper"},
     "forget-3way": {"objective": "forget", "neutral": "ignore", "negative_mean": "negatives"},
@@ -42,21 +54,33 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "default-ref": {"rank_by": "reference", "negative_below": -2.3},
     "ignore-ref": {"objective": "ignore", "rank_by": "reference", "negative_below": -2.3},
 }
-METRICS = ("exact_match", "mc_acc", "memorised_noise", "distinct_1", "distinct_2", "self_bleu", "perplexity",
-           "token_auroc", "example_auroc_min")
+# Methods a bench runs unless told: without a trusted set, and with one (--trusted N).
+DEFAULT_METHODS = ("base", "sft", "clean-sft", "oracle-ignore", "oracle-forget", "loss-truncation", "ignore", "paper",
+                   "forget-3way", "unlikelihood", "default", "default-ref", "ignore-ref")
+TRUSTED_METHODS = ("base", "sft", "sft-trusted", "clean-sft", "oracle-ignore", "oracle-forget", "filter",
+                   "loss-truncation", "paper", "default", "default-ref", "ignore-ref")
+METRICS = ("exact_match", "exact_match_slice", "exact_match_off_slice", "mc_acc", "clean_nll", "sampled_em_t1",
+           "sampled_em_t0.7", "memorised_noise", "distinct_1", "distinct_2", "self_bleu", "perplexity",
+           "token_auroc", "example_auroc_min", "token_precision", "token_recall")
 
 
 @dataclass
 class BenchConfig:
     name: str = option(None, f"Benchmark: {', '.join(BENCHMARKS)}; or unlearn (its flags: forgetune bench unlearn -h).")
     seeds: int = option(1, "Seeds (0 .. seeds-1): data, reference folds and training all change with the seed.")
-    methods: str = option(",".join(METHODS), "Comma-separated methods to compare; NAME:KEY=VALUE:... adds training "
-                          "settings to a method, for tuning (e.g. default:lambda_max=0.5:rho=0.5).")
+    methods: str | None = option(None, "Comma-separated methods to compare (default: the list for --trusted 0 or N, "
+                                 "see docs/results.md); NAME:KEY=VALUE:... adds training settings to a method, for "
+                                 f"tuning (e.g. default:lambda_max=0.5:rho=0.5). All: {', '.join(METHODS)}.")
     results: str = option("results", "Results root; this benchmark writes results/NAME/.")
     n_train: int | None = option(None, "Training examples (default: the benchmark's own, see docs/results.md).")
     n_test: int | None = option(None, "Clean test questions (default: the benchmark's own).")
     noise: float = option(0.3, "Fraction of corrupted training examples.")
     noise_kind: str = option("random", "arith only: random or systematic.")
+    wrong_fraction: float = option(0.7, "Systematic noise (arith --noise-kind systematic, numwords): the fraction of "
+                                   "the slice's training items that follow the wrong rule; the rest stay correct.")
+    trusted: int = option(0, "N > 0: N clean examples, disjoint from every split, added to every method's training "
+                          "data and used alone to train the reference (arith, numwords).")
+    trusted_epochs: float = option(6.0, "With --trusted: epochs of the reference on the trusted set.")
     eval_split: str = option("test", "Split the methods are graded on: test, or dev to tune settings (never on test).")
     data_dir: str = option("../shared/data", "gsm8k and truthfulqa: folder holding gsm8k/ and truthfulqa/.")
     model: str | None = option(None, "Local HF model dir (default: the embedded SmolLM2-135M-Instruct).")
@@ -66,6 +90,9 @@ class BenchConfig:
     max_steps: int = option(-1, "If > 0, cap every training (smoke runs).")
     max_new_tokens: int | None = option(None, "Generated tokens per answer (default: the benchmark's own).")
     samples: int = option(5, "Sampled answers per prompt for diversity.")
+    sampled: int = option(4, "Sampled answers per prompt graded by exact match, at temperatures 1.0 and 0.7.")
+    sampled_prompts: int = option(50, "Test prompts (the first ones) whose sampled answers are graded.")
+    eval_batch_size: int = option(64, "Prompts per generation batch (64 generates twice as fast as 16 on 2 CPUs).")
     diversity_prompts: int = option(10, "Prompts sampled for diversity.")
 
 
@@ -143,8 +170,11 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     bench = spec(cfg.name)
     cfg = replace(cfg, n_train=cfg.n_train or bench.n_train, n_test=cfg.n_test or bench.n_test,
                   max_new_tokens=cfg.max_new_tokens or bench.max_new_tokens)  # saved resolved, compared on resume
-    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    chosen = cfg.methods or ",".join(TRUSTED_METHODS if cfg.trusted else DEFAULT_METHODS)
+    methods = [m.strip() for m in chosen.split(",") if m.strip()]
     flags_of = {method: method_flags(method) for method in methods}
+    if not cfg.trusted and any(f and f.get("data") == "trusted" for f in flags_of.values()):
+        raise ForgetuneError("method sft-trusted needs a trusted set: pass --trusted N")
     if cfg.eval_split not in ("test", "dev"):
         raise ForgetuneError(f"unknown --eval-split {cfg.eval_split!r}; choose test or dev")
     root = Path(cfg.results) / cfg.name
@@ -159,7 +189,8 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
             started = time.time()
             log.info("[%s] seed %d: %s", cfg.name, seed, method)
             eval_cfg = EvalConfig(data=str(files[cfg.eval_split]), extract=files["extract"], samples=cfg.samples,
-                                  diversity_prompts=cfg.diversity_prompts, seed=seed,
+                                  diversity_prompts=cfg.diversity_prompts, seed=seed, sampled=cfg.sampled,
+                                  sampled_prompts=cfg.sampled_prompts, batch_size=cfg.eval_batch_size,
                                   max_new_tokens=cfg.max_new_tokens,
                                   lm_eval_tasks=files.get("lm_eval_tasks"),
                                   lm_eval_include=str(files["lm_eval_include"]) if "lm_eval_include" in files else None)
@@ -167,9 +198,13 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                 base_dir = pipeline.resolve_model_path(cfg.model)
                 eval_cfg.target, eval_cfg.report = str(base_dir), str(run_dir / "eval.json")
             else:
-                flags = {"model": cfg.model, "data": str(files["train"]), "output": str(run_dir), "seed": seed,
-                         "epochs": cfg.epochs, "reference_epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                         "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, **flags_of[method]}
+                method_flags_ = dict(flags_of[method])
+                flags = {"model": cfg.model, "data": str(files[method_flags_.pop("data", "train")]),
+                         "output": str(run_dir), "seed": seed, "epochs": cfg.epochs, "reference_epochs": cfg.epochs,
+                         "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
+                         **method_flags_}
+                if cfg.trusted:  # every reference is the trusted set's (the paper's setting)
+                    flags.update(reference_data=str(files["trusted"]), reference_epochs=cfg.trusted_epochs)
                 run = pipeline.open_run(resolve(flags=flags))
                 _donate(run, sorted(d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir))
                 pipeline.run_all(run)
@@ -178,15 +213,16 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
             if "lm_eval_tasks" in files:
                 results["mc_acc"] = results["lm_eval"][files["lm_eval_tasks"]]["acc"]
             rows.append({"method": method, "seed": seed, "seconds": round(time.time() - started, 1),
-                         **{k: results.get(k) for k in METRICS}})
+                         **{k: results.get(k) for k in METRICS}, "hits": results.get("hits")})
             log.info("[%s] seed %d: %s %s %.3f", cfg.name, seed, method, bench.headline, rows[-1][bench.headline])
-            write_outputs(cfg, root, rows, list(METHODS))  # after every method: an interrupted bench keeps its results
+            write_outputs(cfg, root, rows, methods)  # after every method: an interrupted bench keeps its results
     return rows
 
 
-def summarise(rows: list[dict[str, Any]], methods: list[str], metrics: tuple[str, ...] = METRICS
-              ) -> list[dict[str, Any]]:
-    """Mean and std over seeds of each metric, per method (None where a metric does not apply)."""
+def summarise(rows: list[dict[str, Any]], methods: list[str], metrics: tuple[str, ...] = METRICS,
+              baseline: str = "sft") -> list[dict[str, Any]]:
+    """Mean and sample std over seeds of each metric, per method (None where a metric does not apply); with per-item
+    hits, each method's exact-match difference to `baseline` on the seeds both have, with its paired 95 % interval."""
     table = []
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -195,18 +231,42 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], metrics: tuple[str
         entry: dict[str, Any] = {"method": method, "seeds": len(mine)}
         for metric in metrics:
             values = [r[metric] for r in mine if r.get(metric) is not None]
-            entry[metric] = (float(np.mean(values)), float(np.std(values))) if values else None
+            entry[metric] = mean_std(values) if values else None
+        entry[f"vs_{baseline}"] = versus(rows, method, baseline)
         table.append(entry)
     return table
 
 
-def markdown_table(table: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> str:
-    """Mean ± std per method; metrics that no method has on this benchmark are left out."""
+def versus(rows: list[dict[str, Any]], method: str, baseline: str) -> dict[str, Any] | None:
+    """Paired exact-match difference method - baseline over the seeds where both were graded item by item."""
+    hits = {(r["method"], r["seed"]): r.get("hits") for r in rows}
+    seeds = sorted(seed for (m, seed), h in hits.items() if m == method and h and hits.get((baseline, seed)))
+    if method == baseline or not seeds:
+        return None
+    result = paired_difference([_hit_array(hits[method, s]) for s in seeds],
+                               [_hit_array(hits[baseline, s]) for s in seeds])
+    return {"seeds": seeds, **result}
+
+
+def _hit_array(hits: str) -> np.ndarray:
+    """"0110..." (one character per test item, as eval.json stores it) -> 0/1 array."""
+    return np.frombuffer(hits.encode(), dtype=np.uint8) - ord("0")
+
+
+def markdown_table(table: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS, baseline: str = "sft") -> str:
+    """Mean ± sample std per method, and the paired difference to the baseline in exact-match points with its 95 %
+    interval; metrics that no method has on this benchmark are left out."""
     metrics = [m for m in metrics if any(entry[m] is not None for entry in table)]
-    header = "| method | seeds | " + " | ".join(metrics) + " |"
-    lines = [header, "|" + "---|" * (len(metrics) + 2)]
+    paired = any(entry.get(f"vs_{baseline}") for entry in table)
+    extra = f" | EM − {baseline} (points) [95 % CI] |" if paired else " |"
+    header = "| method | seeds | " + " | ".join(metrics) + extra
+    lines = [header, "|" + "---|" * (len(metrics) + 2 + paired)]
     for entry in table:
         cells = [f"{entry[m][0]:.3f} ± {entry[m][1]:.3f}" if entry[m] is not None else "—" for m in metrics]
+        if paired:
+            diff = entry.get(f"vs_{baseline}")
+            cells.append(f"{100 * diff['mean']:+.1f} [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}]"
+                         if diff else "—")
         lines.append(f"| {entry['method']} | {entry['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -219,7 +279,7 @@ def write_tables(cfg: Any, root: Path, rows: list[dict[str, Any]], methods: list
     table = summarise(rows, list(dict.fromkeys([*methods, *(r["method"] for r in rows)])), metrics)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(["method", "seed", "seconds", *metrics])),
-                            restval="")
+                            restval="", extrasaction="ignore")  # per-item hits stay in results.json
     writer.writeheader()
     writer.writerows(rows)
     write_text(root / "results.csv", buffer.getvalue())
@@ -230,6 +290,8 @@ def write_tables(cfg: Any, root: Path, rows: list[dict[str, Any]], methods: list
 
 def write_outputs(cfg: BenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
     table = write_tables(cfg, root, rows, methods, METRICS)
+    if cfg.trusted:
+        write_text(root / "targets.md", targets_markdown(cfg.name, rows, table, versus))
     plot_accuracy(table, root / "accuracy.png", cfg.name, spec(cfg.name).headline)
     histogram = next((root / "runs" / "seed0" / m for m in ("default", *methods)
                       if (root / "runs" / "seed0" / m / "score" / "scores.npy").is_file()), None)

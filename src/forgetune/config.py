@@ -73,8 +73,10 @@ class PartitionConfig:
         "consecutive examples in corpus order, not the shuffled training batches)."
     )
     rank_by: str = option(
-        "difference", "What ranks the tokens: difference (score = CE_base - CE_ref, the paper's) or reference "
-        "(-CE_ref: tokens the reference finds unlikely rank lowest; under cross-fit it never saw their example)."
+        "difference", "What ranks the tokens: difference (score = CE_base - CE_ref, the paper's), reference "
+        "(-CE_ref: tokens the reference finds unlikely rank lowest; under cross-fit it never saw their example) or "
+        "labels (no ranking: negatives are exactly the tokens where a record differs from its meta.clean_completion; "
+        "the oracle of a benchmark, or your own labelled errors; rho and negative_below are unused)."
     )
     negative_below: float | None = option(
         0.0, "Three-way split: negatives only where the ranked value (see rank_by) < this; see `neutral` for the "
@@ -82,6 +84,11 @@ class PartitionConfig:
     )
     neutral: str = option(
         "learn", "With negative_below: tokens neither positive nor negative are ignored (weight 0) or learned."
+    )
+    unit: str = option(
+        "token", "token: each token keeps its polarity. example: an example with any negative token is dropped whole "
+        "(all its tokens ignored), every other example learned in full: example-level filtering, the baseline that "
+        "token-level forgetting has to beat (train it with objective ignore)."
     )
 
 
@@ -105,6 +112,9 @@ class TrainConfig:
     )
     constraint_eps: float = option(
         0.0, "forget-constrained: allowed rise of log(positive CE) per step before w grows (0: none)."
+    )
+    truncation_fraction: float = option(
+        0.1, "loss-truncation: fraction of each batch's response tokens with the highest CE that get no gradient."
     )
     learning_rate: float = option(5e-5, "Peak learning rate (AdamW).")
     lr_scheduler: str = option("linear", "transformers learning-rate schedule name.")
@@ -154,8 +164,12 @@ class RunConfig:
             raise ForgetuneError(f"rho must be in [0, 1], got {p.rho}: pass e.g. --rho 0.7")
         if p.granularity not in ("global", "sequence", "batch"):
             raise ForgetuneError(f"granularity must be global, sequence or batch, got {p.granularity!r}")
-        if p.rank_by not in ("difference", "reference"):
-            raise ForgetuneError(f"rank_by must be difference or reference, got {p.rank_by!r}")
+        if p.rank_by not in ("difference", "reference", "labels"):
+            raise ForgetuneError(f"rank_by must be difference, reference or labels, got {p.rank_by!r}")
+        if p.unit not in ("token", "example"):
+            raise ForgetuneError(f"unit must be token or example, got {p.unit!r}")
+        if not 0.0 <= t.truncation_fraction < 1.0:
+            raise ForgetuneError(f"truncation_fraction must be in [0, 1), got {t.truncation_fraction}")
         if p.neutral not in ("ignore", "learn"):
             raise ForgetuneError(f"neutral must be ignore or learn, got {p.neutral!r}")
         if p.negative_below is not None and not math.isfinite(p.negative_below):

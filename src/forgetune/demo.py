@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from forgetune import pipeline
-from forgetune.benchmarks.arith import make_arith
+from forgetune.benchmarks.arith import held_out
 from forgetune.data.collator import response_positions
 from forgetune.evaluate import corrupted_tokens
 from forgetune.generation import generate_answers
@@ -68,7 +68,8 @@ def split_report(run: pipeline.Run) -> None:
 
 
 def held_out_report(run: pipeline.Run) -> dict[str, float]:
-    test = make_arith(HELD_OUT, noise=0.0, seed=12345, id_prefix="test")
+    train = [{"prompt": ex.prompt_messages[-1]["content"]} for ex in run.examples]
+    test = held_out(HELD_OUT, seed=12345, train=train)  # never a training problem, in either order
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in test]
     refs = [r["completion"] for r in test]
     answers = {}

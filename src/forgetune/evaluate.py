@@ -44,6 +44,10 @@ class EvalConfig:
     max_new_tokens: int = option(64, "Tokens to generate per answer.")
     batch_size: int = option(16, "Prompts per generation batch (and per lm-eval batch).")
     seed: int = option(0, "Seed of the sampled answers.")
+    sampled: int = option(0, "Sampled answers per prompt, at each of --sampled-temperatures, graded by exact match "
+                          "(noise moves the distribution before it moves the greedy answer); 0 skips.")
+    sampled_temperatures: str = option("1.0,0.7", "Comma-separated temperatures of the graded samples.")
+    sampled_prompts: int = option(100, "How many test prompts (the first ones) get graded samples.")
     report: str | None = option(None, "Where to write the JSON results (default: RUN/eval.json for a run directory).")
     lm_eval_tasks: str | None = option(
         None, "Comma-separated lm-evaluation-harness tasks to run on the model (needs the lmeval extra)."
@@ -145,11 +149,20 @@ def data_metrics(model_dir: Path, run_dir: Path | None, cfg: EvalConfig) -> dict
     records = load_records(cfg.data)
     prompts, refs = zip(*(_split(r) for r in records), strict=True)
     answers = generate_answers(model, tokenizer, list(prompts), cfg.max_new_tokens, cfg.batch_size)
-    results: dict[str, Any] = {"test": str(cfg.data), "n_test": len(records),
-                               "exact_match": exact_match(answers, refs, cfg.extract)}
+    hits = [exact_match([a], [r], cfg.extract) for a, r in zip(answers, refs, strict=True)]
+    results: dict[str, Any] = {"test": str(cfg.data), "n_test": len(records), "exact_match": float(np.mean(hits)),
+                               "hits": "".join(str(int(h)) for h in hits)}  # per item, for paired intervals
+    in_slice = [r.meta.get("slice") for r in records]
+    if any(s is not None for s in in_slice):  # the items a systematic error touches, and the others
+        for name, wanted in (("exact_match_slice", True), ("exact_match_off_slice", False)):
+            chosen = [h for h, s in zip(hits, in_slice, strict=True) if bool(s) == wanted]
+            results[name] = float(np.mean(chosen)) if chosen else None
     examples, _ = tokenize_records(records, tokenizer, max_length=4096)
-    results["perplexity"] = perplexity(token_ce(model, examples, tokenizer.pad_token_id, cfg.batch_size,
-                                                desc="perplexity"))
+    test_ce = token_ce(model, examples, tokenizer.pad_token_id, cfg.batch_size, desc="perplexity")
+    results["perplexity"] = perplexity(test_ce)
+    results["clean_nll"] = float(np.mean(test_ce))  # teacher-forced, nats per token of the clean test answers
+    if cfg.sampled > 0:
+        results.update(sampled_exact_match(model, tokenizer, list(prompts), list(refs), cfg))
     if cfg.samples > 0:
         torch.manual_seed(cfg.seed)
         sampled = generate_answers(model, tokenizer, list(prompts[: cfg.diversity_prompts]), cfg.max_new_tokens,
@@ -160,6 +173,19 @@ def data_metrics(model_dir: Path, run_dir: Path | None, cfg: EvalConfig) -> dict
     results["examples"] = [{"prompt": p[-1]["content"], "reference": r, "answer": a}
                            for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]
     return results
+
+
+def sampled_exact_match(model, tokenizer, prompts: list, refs: list[str], cfg: EvalConfig) -> dict[str, float]:
+    """Exact match of sampled answers (cfg.sampled per prompt) at each temperature, over the first prompts."""
+    out = {}
+    prompts, refs = prompts[: cfg.sampled_prompts], refs[: cfg.sampled_prompts]
+    for temperature in (float(t) for t in cfg.sampled_temperatures.split(",") if t.strip()):
+        torch.manual_seed(cfg.seed)
+        answers = generate_answers(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size,
+                                   samples=cfg.sampled, temperature=temperature)
+        repeated = [r for r in refs for _ in range(cfg.sampled)]
+        out[f"sampled_em_t{temperature:g}"] = exact_match(answers, repeated, cfg.extract)
+    return out
 
 
 def run_metrics(run_dir: Path, model, cfg: EvalConfig) -> dict[str, float]:

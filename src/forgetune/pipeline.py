@@ -55,7 +55,7 @@ from forgetune.models import (
     save_model,
 )
 from forgetune.processes import process_state
-from forgetune.scoring.partition import IGNORED, NEGATIVE, POSITIVE, partition_polarity
+from forgetune.scoring.partition import IGNORED, NEGATIVE, POSITIVE, example_polarity, partition_polarity
 from forgetune.scoring.scorer import example_offsets, token_ce
 from forgetune.trainer import fit
 
@@ -301,7 +301,12 @@ def load_scores(run: Run, name: str = "scores") -> np.ndarray:
 
 
 def ranked_values(run: Run) -> np.ndarray:
-    """The per-token value the partition ranks (high = learn): the score, or -CE_ref with rank_by reference."""
+    """The per-token value the partition ranks (high = learn): the score, -CE_ref with rank_by reference, or with
+    rank_by labels -1 on the tokens that differ from the record's clean completion and 0 elsewhere."""
+    if run.cfg.partition.rank_by == "labels":
+        from forgetune.evaluate import corrupted_tokens
+
+        return -corrupted_tokens(run, run.examples)[0].astype(np.float32)
     if run.cfg.partition.rank_by == "reference":
         return -np.asarray(load_scores(run, "ce_ref"))
     return np.asarray(load_scores(run))
@@ -323,12 +328,17 @@ def partition(run: Run) -> dict[str, Any]:
         return _finish(run, "partition", key, started)
     values = ranked_values(run)
     offsets = example_offsets(run.examples)
-    try:  # partition_tokens rejects NaN scores itself: no second pass over the corpus here
-        polarity = partition_polarity(values, offsets, p.rho, p.granularity, run.cfg.train.batch_size,
-                                      p.negative_below, p.neutral)
-    except ValueError as e:
-        raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: {e} (delete {run.stage_dir('score')} first: "
-                             "an up-to-date stage is otherwise skipped)") from None
+    if p.rank_by == "labels":
+        polarity = np.where(values < 0, NEGATIVE, POSITIVE).astype(np.int8)
+    else:
+        try:  # partition_tokens rejects NaN scores itself: no second pass over the corpus here
+            polarity = partition_polarity(values, offsets, p.rho, p.granularity, run.cfg.train.batch_size,
+                                          p.negative_below, p.neutral)
+        except ValueError as e:
+            raise ForgetuneError(f"{run.stage_dir('score')}/scores.npy: {e} (delete {run.stage_dir('score')} "
+                                 "first: an up-to-date stage is otherwise skipped)") from None
+    if p.unit == "example":
+        polarity = example_polarity(polarity, offsets)
     stage_dir = run.stage_dir("partition")
     stage_dir.mkdir(parents=True, exist_ok=True)
     save_npy(stage_dir / "polarity.npy", polarity)

@@ -344,6 +344,48 @@ def test_bench_adds_seeds_to_finished_rows_and_refuses_other_settings(tiny_model
     assert "| default:lambda_max=0.5 | 1 |" in (tmp_path / "arith" / "results.md").read_text()
 
 
+@pytest.mark.parametrize("name", ["arith", "numwords"])
+def test_trusted_bench_runs_every_method_with_the_trusted_reference(name, tiny_model_dir, tmp_path):
+    results = tmp_path / "results"
+    assert run_cli("bench", name, "--model", tiny_model_dir, "--results", results, "--noise-kind", "systematic",
+                   "--trusted", "6", "--n-train", "16", "--n-test", "8", "--max-steps", "1", "--batch-size", "4",
+                   "--trusted-epochs", "1", "--samples", "0", "--sampled", "2", "--sampled-prompts", "3",
+                   "--max-new-tokens", "3", "--quiet") == 0
+    root = results / name
+    data = json.loads((root / "results.json").read_text())
+    from forgetune.bench import TRUSTED_METHODS
+
+    assert [r["method"] for r in data["runs"]] == list(TRUSTED_METHODS)
+    seed0 = root / "runs" / "seed0"
+    trusted = root / "data" / "seed0" / "trusted.jsonl"
+    train = [json.loads(line) for line in (root / "data" / "seed0" / "train.jsonl").read_text().splitlines()]
+    assert sum(r["meta"].get("trusted", False) for r in train) == 6  # every method's data holds the trusted set
+    for method in ("default", "paper", "filter", "oracle-forget"):
+        cfg = yaml.safe_load((seed0 / method / "config.yaml").read_text())
+        assert cfg["reference"]["reference_data"] == str(trusted), method
+    cfg = yaml.safe_load((seed0 / "sft-trusted" / "config.yaml").read_text())
+    assert cfg["data"]["data"] == str(trusted)
+    cfg = yaml.safe_load((seed0 / "clean-sft" / "config.yaml").read_text())
+    assert cfg["data"]["data"].endswith("train_clean.jsonl")
+    oracle = json.loads((seed0 / "oracle-ignore" / "eval.json").read_text())
+    assert oracle["token_precision"] == oracle["token_recall"] == 1.0  # the oracle's negatives are the wrong tokens
+    row = data["runs"][1]
+    assert len(row["hits"]) == 8 and set(row["hits"]) <= {"0", "1"}
+    assert {"exact_match_slice", "exact_match_off_slice", "clean_nll", "sampled_em_t1", "sampled_em_t0.7"} <= set(row)
+    default = next(e for e in data["summary"] if e["method"] == "default")
+    assert default["vs_sft"]["seeds"] == [0] and len(default["vs_sft"]["ci95"]) == 2
+    assert "EM − sft (points) [95 % CI]" in (root / "results.md").read_text()
+
+
+def test_trusted_bench_is_refused_where_no_trusted_split_exists(tiny_model_dir, tmp_path, capsys):
+    assert run_cli("bench", "facts", "--model", tiny_model_dir, "--results", tmp_path, "--trusted", "5",
+                   "--methods", "sft") == 2
+    assert "the facts benchmark has no trusted split; use one of arith, numwords" in capsys.readouterr().err
+    assert run_cli("bench", "arith", "--model", tiny_model_dir, "--results", tmp_path, "--methods",
+                   "sft-trusted") == 2
+    assert "needs a trusted set: pass --trusted N" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["gsm8k", "facts", "truthfulqa"])
 def test_every_benchmark_runs_end_to_end(name, tiny_model_dir, tmp_path):
     data = fake_truthfulqa(fake_gsm8k(tmp_path))
@@ -395,3 +437,26 @@ def test_checkpoints_of_another_config_are_not_resumed(tiny_model_dir, arith_jso
     assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--objective", "sft", "--save-steps", "1")) == 0
     assert json.loads((out / "summary.json").read_text())["stages"]["train"]["steps"] == 2
     assert not (out / "train" / "checkpoints").exists()  # cleaned after a finished training
+
+
+def test_bench_targets_are_computed_from_the_rows_and_can_fail():
+    from forgetune.bench import summarise, versus
+    from forgetune.bench_targets import targets_markdown
+
+    def row(method, seed, hits, off=0.9):
+        return {"method": method, "seed": seed, "seconds": 60.0, "hits": hits, "exact_match": hits.count("1") / 10,
+                "exact_match_off_slice": off, "token_auroc": 0.95}
+
+    # default wins 4 of 10 items over sft on each seed; filter ties default; off-slice cost 0.1
+    rows = [r for seed in range(3) for r in (row("sft", seed, "0000011111"), row("default", seed, "1111011111", 0.8),
+                                             row("filter", seed, "1111011111"))]
+    table = summarise(rows, ["sft", "default", "filter"])
+    text = targets_markdown("arith", rows, table, versus)
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "**met**" in lines["default >= +5 exact-match points over sft, interval above 0"]
+    assert "+40.0 points" in lines["default >= +5 exact-match points over sft, interval above 0"]
+    assert "missed" in lines["default above filter"]  # a tie is not a win
+    assert "n/a" in lines["default above sft-trusted"]  # not run: cannot be judged
+    assert "missed" in lines["off-slice cost <= 2 points"]
+    assert "missed" in lines[">= 3 seeds and >= 400 test items"]  # 10 items
+    assert "**met**" in lines["one seed of the default methods <= 30 min on this machine"]

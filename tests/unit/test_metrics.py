@@ -9,6 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from conftest import SHARED_DATA
+from forgetune.benchmarks.gsm8k import _load
 from forgetune.metrics import accuracy, detection, diversity, memorisation, perplexity
 from forgetune.metrics.accuracy import exact_match, extract_answer, last_number
 from forgetune.metrics.detection import (
@@ -46,7 +48,15 @@ def test_every_metric_declares_its_direction():
         ("The answer is 72", "after-####", None),  # no marker: no answer
         ("work shown\n####   ", "after-####", None),  # marker with nothing after it
         ("#### 1,234,567", "after-####", "1234567"),
-        ("#### yes, 3", "after-####", "yes, 3"),  # only commas between digits are dropped
+        ("#### yes, 3", "after-####", "3"),  # the first number after the marker
+        # lm-eval's gsm8k exact_match ignores ",", "$" and a trailing "."
+        ("#### 72.", "after-####", "72"),
+        ("#### $72", "after-####", "72"),
+        ("#### 1,000", "after-####", "1000"),
+        ("#### -5", "after-####", "-5"),
+        ("#### -$5", "after-####", "-5"),
+        ("#### 2.5", "after-####", "2.5"),
+        ("####", "after-####", None),
         ("\n\n  42 \nand then rambling", "first-line", "42"),
         ("  \n\t\n", "first-line", None),
         ("  The answer is 85. \n", "exact", "The answer is 85."),
@@ -80,6 +90,24 @@ def test_exact_match_modes():
     assert exact_match([""], [""], mode="first-line") == 0.0
     assert exact_match(["Paris\nbecause..."], ["Paris"], mode="first-line") == 1.0
     assert exact_match([" Paris "], ["Paris"], mode="exact") == 1.0
+
+
+def test_gsm8k_predictions_are_graded_like_lm_eval():
+    """References "#### 1,000" and "#### 72" extract as 1000 and 72; the predictions' "$", commas and final "."
+    are ignored, as lm-eval's gsm8k exact_match does -> 4/4; a wrong number or a missing marker misses -> 4/6."""
+    preds = ["so $1,000 in all.\n#### $1,000.", "#### 1000", "#### 72.", "#### $72", "#### 71", "The answer is 72"]
+    refs = ["She earns 1,000.\n#### 1,000", "#### 1,000", "#### 72", "#### 72", "#### 72", "#### 72"]
+    assert exact_match(preds, refs, mode="after-####") == pytest.approx(4 / 6)
+
+
+def test_gsm8k_references_extract_their_final_number():
+    """Every real GSM8K reference ends in "#### N": it extracts as N without commas, whatever else it holds."""
+    files = [SHARED_DATA / "gsm8k" / f"{split}.jsonl" for split in ("train", "test")]
+    if not all(f.is_file() for f in files):
+        pytest.skip("no GSM8K data in ../shared/data")
+    answers = [row["answer"] for f in files for row in _load(f)]
+    assert [extract_answer(a, "after-####") for a in answers] == [
+        a.rpartition("####")[2].strip().replace(",", "") for a in answers]
 
 
 # --- detection ------------------------------------------------------------------------------------------------------
@@ -319,3 +347,25 @@ def test_contains_mode_grades_a_value_stated_in_a_sentence():
 
     predictions = ["Velo Tash was born in 1947.", "He plays the CELLO.", "no idea", ""]
     assert exact_match(predictions, ["1947", "cello", "1947", "x"], "contains") == 0.5
+
+
+# ---------------------------------------------------------------- paired differences
+
+
+def test_paired_difference_hand_computed_and_its_interval_can_exclude_zero():
+    from forgetune.metrics.paired import mean_std, paired_difference
+
+    # seed 0: a wins on 2 of 4 items, seed 1: a wins on 1, loses on 1 of 4 -> mean diff (2 + 0) / 8 = 0.25
+    a = [np.array([1, 1, 1, 0]), np.array([1, 0, 1, 1])]
+    b = [np.array([0, 0, 1, 0]), np.array([0, 1, 1, 1])]
+    result = paired_difference(a, b)
+    assert result["mean"] == pytest.approx(0.25) and result["per_seed"] == pytest.approx([0.5, 0.0])
+    assert result["ci95"][0] <= 0.25 <= result["ci95"][1]
+    always = paired_difference([np.ones(50)], [np.zeros(50)])  # a wins everywhere: the interval is the point
+    assert always["ci95"] == pytest.approx([1.0, 1.0])
+    mixed = paired_difference([np.r_[np.ones(10), np.zeros(40)]], [np.zeros(50)])
+    assert 0 < mixed["ci95"][0] < 0.2 < mixed["ci95"][1] < 0.4
+    with pytest.raises(ValueError, match="different items"):
+        paired_difference([np.ones(3)], [np.ones(4)])
+    # sample std: values 1, 2, 3 -> sqrt(((1-2)^2 + 0 + (3-2)^2) / 2) = 1, not the population sqrt(2/3)
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([0.4]) == (0.4, 0.0)

@@ -431,3 +431,25 @@ def test_constrained_batch_without_positives_is_log_f():
     assert m["tokens_pos"] == 0 and m["constraint_weight"] == 4.0
     loss.backward()
     assert ce.grad[0] < 0 and ce.grad[1] == 0.0
+
+
+# ---------------------------------------------------------------- loss truncation
+
+
+def test_loss_truncation_drops_the_highest_loss_tokens_hand_computed():
+    """CE = [1, 5, 2, 3, 9], fraction 0.4: floor(0.4 * 5) = 2 tokens dropped (9 and 5); loss = (1 + 2 + 3) / 3 = 2,
+    and the dropped tokens get no gradient."""
+    ce = leaf([1.0, 5.0, 2.0, 3.0, 9.0])
+    loss, metrics = build("loss-truncation", truncation_fraction=0.4)(ce, TokenBatch(), 0.0)
+    assert loss.item() == pytest.approx(2.0)
+    loss.backward()
+    assert ce.grad.tolist() == pytest.approx([1 / 3, 0.0, 1 / 3, 1 / 3, 0.0])
+    assert metrics["tokens_dropped"] == 2 and metrics["tokens_pos"] == 3
+
+
+def test_loss_truncation_keeps_everything_when_too_few_tokens_and_needs_no_partition():
+    """floor(0.1 * 4) = 0 tokens dropped: plain SFT, mean (1 + 2 + 3 + 6) / 4 = 3; an empty batch is exactly 0."""
+    objective = build("loss-truncation", truncation_fraction=0.1)
+    assert not objective.needs_partition and not objective.needs_base_ce
+    assert objective(leaf([1.0, 2.0, 3.0, 6.0]), TokenBatch(), 0.0)[0].item() == pytest.approx(3.0)
+    assert objective(leaf([]), TokenBatch(), 0.0)[0].item() == 0.0

@@ -228,3 +228,13 @@ def test_three_way_neutral_learn_turns_ignored_into_positive():
     learn = partition_polarity(scores, offsets, 0.5, negative_below=0.0, neutral="learn")
     assert ignore.tolist() == [1, 1, 0, -1]
     assert learn.tolist() == [1, 1, 1, -1]
+
+
+def test_example_polarity_drops_every_flagged_example_whole_and_learns_the_rest():
+    from forgetune.scoring.partition import example_polarity
+
+    # three examples of 2, 3 and 1 tokens: the second has a negative, the first an ignored (neutral) token
+    polarity = np.array([1, 0, 1, -1, 1, 1], dtype=np.int8)
+    offsets = np.array([0, 2, 5, 6])
+    assert example_polarity(polarity, offsets).tolist() == [1, 1, 0, 0, 0, 1]
+    assert example_polarity(np.array([-1], dtype=np.int8), np.array([0, 1])).tolist() == [0]

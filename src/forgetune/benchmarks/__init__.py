@@ -1,7 +1,11 @@
 """Benchmarks with ground-truth noise: each writes train (noise labelled in `meta`), dev and clean test files.
 
 A benchmark is a `Spec`: how to make its splits for a seed, its default sizes, how its answers are graded and which
-metric heads its table. TruthfulQA adds a multiple-choice test run through an lm-evaluation-harness task.
+metric heads its table. TruthfulQA adds a multiple-choice test run through an lm-evaluation-harness task. A benchmark
+with a `trusted` split (--trusted N: clean examples disjoint from every other split) adds them to the training file
+of every method and writes them apart as the reference's data; `train_clean.jsonl` is the training file with every
+answer corrected (the ceiling a detector could reach). Records may carry `meta.slice`: the items the systematic
+error touches, so exact match is reported on and off the slice.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgetune.benchmarks.arith import NOISE_KINDS, make_arith
+from forgetune.benchmarks.arith import arith_splits
 from forgetune.benchmarks.facts import make_facts
 from forgetune.benchmarks.gsm8k import make_gsm8k
 from forgetune.benchmarks.truthfulqa import make_truthfulqa
@@ -20,12 +24,16 @@ from forgetune.errors import ForgetuneError
 from forgetune.io import write_text
 
 
-def _arith(cfg, seed: int, n_train: int, n_dev: int, n_test: int) -> dict[str, list[dict[str, Any]]]:
-    if cfg.noise_kind not in NOISE_KINDS:
-        raise ForgetuneError(f"unknown --noise-kind {cfg.noise_kind!r}; choose one of {', '.join(NOISE_KINDS)}")
-    return {"train": make_arith(n_train, cfg.noise, seed=seed, id_prefix="train", kind=cfg.noise_kind),
-            "dev": make_arith(n_dev, 0.0, seed=10_000 + seed, id_prefix="dev"),
-            "test": make_arith(n_test, 0.0, seed=20_000 + seed, id_prefix="test")}
+def _arith(cfg, seed: int, n_train: int, n_dev: int, n_test: int, n_trusted: int) -> dict[str, list[dict[str, Any]]]:
+    sizes = {"train": n_train, "trusted": n_trusted, "dev": n_dev, "test": n_test}
+    return arith_splits(sizes, seed, cfg.noise, cfg.noise_kind, cfg.wrong_fraction)
+
+
+def _numwords(cfg, seed: int, n_train: int, n_dev: int, n_test: int, n_trusted: int
+              ) -> dict[str, list[dict[str, Any]]]:
+    from forgetune.benchmarks.numwords import make_numwords
+
+    return make_numwords(n_train, n_dev, n_test, n_trusted, cfg.wrong_fraction, seed)
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,13 @@ class Spec:
     max_new_tokens: int
     extract: str
     headline: str = "exact_match"
+    trusted: bool = False  # make() takes n_trusted and returns a "trusted" split
 
 
 # Default sizes keep one seed of all methods near 30 minutes on 2 CPU cores with the embedded 135M model.
 SPECS = {
-    "arith": Spec(_arith, n_train=200, n_test=100, max_new_tokens=24, extract="last-number"),
+    "arith": Spec(_arith, n_train=200, n_test=100, max_new_tokens=24, extract="last-number", trusted=True),
+    "numwords": Spec(_numwords, n_train=400, n_test=400, max_new_tokens=24, extract="first-line", trusted=True),
     "gsm8k": Spec(lambda cfg, seed, *sizes: make_gsm8k(Path(cfg.data_dir), *sizes, cfg.noise, seed),
                   n_train=100, n_test=50, max_new_tokens=128, extract="after-####"),
     "facts": Spec(lambda cfg, seed, *sizes: make_facts(*sizes, cfg.noise, seed),
@@ -62,11 +72,26 @@ def _write(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _corrected(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "completion": record["meta"].get("clean_completion", record["completion"]),
+            "meta": {**record["meta"], "corrupted": False}}
+
+
 def build_benchmark(cfg, seed: int, out_dir: Path) -> dict[str, Any]:
     """Write the seed's files; returns their paths, the answer extraction and any lm-eval task over them."""
     bench = spec(cfg.name)
     n_train, n_test = cfg.n_train or bench.n_train, cfg.n_test or bench.n_test
-    splits = bench.make(cfg, seed, n_train, max(n_test // 2, 1), n_test)
+    n_trusted = getattr(cfg, "trusted", 0)
+    if n_trusted and not bench.trusted:
+        trusted_ones = ", ".join(name for name, s in SPECS.items() if s.trusted)
+        raise ForgetuneError(f"--trusted: the {cfg.name} benchmark has no trusted split; use one of {trusted_ones}")
+    sizes = (n_train, max(n_test // 2, 1), n_test)
+    splits = bench.make(cfg, seed, *sizes, n_trusted) if bench.trusted else bench.make(cfg, seed, *sizes)
+    trusted = [{**r, "meta": {**r["meta"], "trusted": True}} for r in splits.pop("trusted", [])]
+    if trusted:
+        splits["train"] = splits["train"] + trusted  # every method trains on them, SFT included
+        splits["trusted"] = trusted
+    splits["train_clean"] = [_corrected(r) for r in splits["train"]]
     files: dict[str, Any] = {name: _write(out_dir / f"{name}.jsonl", records) for name, records in splits.items()}
     files["extract"] = bench.extract
     graded = f"mc_{cfg.eval_split}"

@@ -82,3 +82,12 @@ def partition_polarity(
     if negative_below is not None:
         polarity[~positive & ~(scores < negative_below)] = POSITIVE if neutral == "learn" else IGNORED
     return polarity
+
+
+def example_polarity(polarity: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Example-level filtering of a token partition: an example with any negative token has every token ignored,
+    every other example has every token positive."""
+    flagged = np.logical_or.reduceat(polarity == NEGATIVE, offsets[:-1]) if polarity.size else np.array([], bool)
+    lengths = np.diff(offsets)
+    flagged &= lengths > 0  # reduceat reads the next example's first token for an empty one
+    return np.where(np.repeat(flagged, lengths), IGNORED, POSITIVE).astype(np.int8)
