@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/forgetune demo
 
+# -rs: the reason of each skipped test (e.g. the report's browser test where chromium is absent)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 lint: install
 	$(VENV)/bin/ruff check .

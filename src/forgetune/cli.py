@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import importlib
 import logging
 import sys
 import typing
@@ -12,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from forgetune.config import SECTIONS, field_index, resolve
+from forgetune.config import SECTIONS, field_index, load_yaml, resolve
 from forgetune.errors import ForgetuneError
 
 COMMANDS: dict[str, str] = {
@@ -28,6 +30,27 @@ BENCH_HELP = "compare methods x seeds on a benchmark with ground-truth noise (ta
 EVAL_HELP = "evaluate a run or model: exact match, perplexity, diversity, memorised noise, noise detection"
 UNLEARN_HELP = "remove a forget set from a model while keeping its utility on a retain set (ga, npo, constrained, ...)"
 REPORT_HELP = "one self-contained HTML page of a run: config, timings, losses, score histogram, token heat map"
+# Subcommands whose flags are a dataclass: (help, module, class, positional). Their modules import torch, so only the
+# invoked one is loaded.
+DATACLASS_COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
+    "eval": (EVAL_HELP, "forgetune.evaluate", "EvalConfig", "RUN_OR_MODEL"),
+    "bench": (BENCH_HELP, "forgetune.bench", "BenchConfig", "NAME"),
+    "report": (REPORT_HELP, "forgetune.report", "ReportConfig", "RUN_DIR"),
+    "unlearn": (UNLEARN_HELP, "forgetune.unlearn", "UnlearnConfig", None),
+}
+# The config sections each stage reads, the only ones its --help lists (run and demo list all). The others are still
+# accepted: the settings the upstream stages ran with enter this stage's cache key.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "reference": ("model", "data", "reference", "train"),
+    "score": ("model", "data", "reference", "score"),
+    "partition": ("model", "data", "partition"),
+    "train": ("model", "data", "train"),
+    "generate": ("model", "data", "generate"),
+}
+STAGE_EPILOG = ("Flags of the other sections (forgetune run --help) are accepted too: pass the ones the run was made "
+                "with, since the upstream stages' settings are part of this stage's cache key.")
+GENERATE_EPILOG = ("Reads RUN/config.yaml (the run's model, data and settings) and never rewrites it; flags override "
+                   "it for this command only.")
 
 
 def _optional(kind: type) -> Callable[[str], Any]:
@@ -38,9 +61,11 @@ def _optional(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def add_flag(group, name: str, kind: type, default: Any, help_text: str) -> None:
-    """`--field-name` for a dataclass field; unset flags are left out so lower layers (YAML, defaults) apply."""
-    flag, help_text = "--" + name.replace("_", "-"), f"{help_text} (default: {default})"
+def add_flag(group, name: str, kind: type, default: Any, help_text: str, shown: bool = True) -> None:
+    """`--field-name` for a dataclass field; unset flags are left out so lower layers (YAML, defaults) apply.
+    `shown=False`: accepted but left out of --help."""
+    flag = "--" + name.replace("_", "-")
+    help_text = f"{help_text} (default: {default})" if shown else argparse.SUPPRESS
     if kind is bool:
         group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
@@ -49,13 +74,15 @@ def add_flag(group, name: str, kind: type, default: Any, help_text: str) -> None
                            metavar=kind.__name__.upper(), help=help_text)
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (`--field-name`), grouped by section, defaults left to the dataclasses."""
+def add_config_flags(parser: argparse.ArgumentParser, shown: Sequence[str] = tuple(SECTIONS)) -> None:
+    """One flag per config field (`--field-name`), grouped by section, defaults left to the dataclasses; --help lists
+    the sections in `shown` (a section whose flags are all hidden gets no heading)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config (sections as in forgetune.config)")
     add_quiet(parser)
     groups = {name: parser.add_argument_group(f"{name} options") for name in SECTIONS}
     for name, info in field_index().items():
-        add_flag(parser if info.section is None else groups[info.section], name, info.type, info.default, info.help)
+        add_flag(parser if info.section is None else groups[info.section], name, info.type, info.default, info.help,
+                 shown=info.section is None or info.section in shown)
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
@@ -76,33 +103,58 @@ def add_dataclass_parser(sub, command: str, cls: type, help_text: str, positiona
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Bad flags get one line and exit 2, like every other bad input (argparse would print its usage block first)."""
+    """Bad flags get one line and exit 2, like every other bad input (argparse would print its usage block first).
+    No prefix matching: `--max-step 5` is an unknown flag with a suggestion, not a silent `--max-steps 5`."""
+
+    stages: Any = None  # the subcommands' action, on the top-level parser
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
         where = self.prog.removeprefix("forgetune").strip()
         self.exit(2, f"forgetune: error: {where + ': ' if where else ''}{message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            stage = self.stages.choices[parsed.command] if self.stages else self
+            stage.error(unknown_message(stage, unknown))
+        return parsed
+
+
+def unknown_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """The first unknown flag, with the closest known one of its subcommand."""
+    flag = next((a.split("=", 1)[0] for a in unknown if a.startswith("-")), None)
+    if flag is None:
+        return f"unrecognized arguments: {' '.join(unknown)}"
+    known = [s for action in parser._actions for s in action.option_strings]
+    close = difflib.get_close_matches(flag, known, n=1)
+    return f"unrecognized argument {flag}" + (f"; did you mean {close[0]}?" if close else "")
+
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """`argv`: `bench unlearn` takes the unlearning benchmark's own flags."""
+    """`argv`: only the invoked one of DATACLASS_COMMANDS gets its flags, so `forgetune --help` imports no torch;
+    `bench unlearn` takes the unlearning benchmark's own flags."""
     parser = OneLineParser(
         prog="forgetune",
         description="Token-level forgetting for LLM fine-tuning: learn the useful tokens, forget the misleading ones.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    parser.stages = sub
     for name, help_text in COMMANDS.items():
-        add_config_flags(sub.add_parser(name, help=help_text, description=help_text))
-    from forgetune.bench import BenchConfig
-    from forgetune.evaluate import EvalConfig
-    from forgetune.report import ReportConfig
-    from forgetune.unlearn import UnlearnConfig
-    from forgetune.unlearn_bench import UnlearnBenchConfig
-
-    add_dataclass_parser(sub, "eval", EvalConfig, EVAL_HELP, "RUN_OR_MODEL")
-    unlearn_bench = list(argv[:2]) == ["bench", "unlearn"]
-    add_dataclass_parser(sub, "bench", UnlearnBenchConfig if unlearn_bench else BenchConfig, BENCH_HELP, "NAME")
-    add_dataclass_parser(sub, "report", ReportConfig, REPORT_HELP, "RUN_DIR")
-    add_dataclass_parser(sub, "unlearn", UnlearnConfig, UNLEARN_HELP, None)
+        epilog = GENERATE_EPILOG if name == "generate" else STAGE_EPILOG if name in STAGE_SECTIONS else None
+        add_config_flags(sub.add_parser(name, help=help_text, description=help_text, epilog=epilog),
+                         STAGE_SECTIONS.get(name, tuple(SECTIONS)))
+    invoked = next((a for a in argv if not a.startswith("-")), None)
+    for name, (help_text, module, class_name, positional) in DATACLASS_COMMANDS.items():
+        if name != invoked:
+            sub.add_parser(name, help=help_text)
+            continue
+        if list(argv[:2]) == ["bench", "unlearn"]:
+            module, class_name = "forgetune.unlearn_bench", "UnlearnBenchConfig"
+        cls = getattr(importlib.import_module(module), class_name)
+        add_dataclass_parser(sub, name, cls, help_text, positional)
     return parser
 
 
@@ -120,7 +172,7 @@ def setup_logging(quiet: bool) -> None:
 def execute(command: str, cfg) -> None:
     from forgetune import pipeline
 
-    run = pipeline.open_run(cfg)
+    run = pipeline.open_run(cfg, save_config=command != "generate")
     if command == "demo":
         from forgetune.demo import run_demo
 
@@ -136,17 +188,16 @@ def execute(command: str, cfg) -> None:
             print(f"  trained: {row['answer']}")
     else:
         info = getattr(pipeline, command)(run)
-        print(f"{command}: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "key"))
+        print(f"{command}: {pipeline.format_info(info)}")
 
 
 def print_summary(summary: dict[str, Any], run_dir) -> None:
-    from forgetune.pipeline import STAGES
+    from forgetune.pipeline import STAGES, format_info
 
     print(f"run: {run_dir}")
     for stage in (s for s in STAGES if s in summary["stages"]):
         info = summary["stages"][stage]
-        details = ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")
-        print(f"  {stage:<10} {info['seconds']:>8.1f} s  {details}")
+        print(f"  {stage:<10} {info['seconds']:>8.1f} s  {format_info(info, skip=('seconds',))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,12 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print((Path(cfg.results) / cfg.name / "results.md").read_text())
             return 0
         if command == "unlearn":
+            from forgetune.pipeline import format_info
             from forgetune.unlearn import UnlearnConfig, run_unlearn
 
             cfg = UnlearnConfig(**args)
             info = run_unlearn(cfg)
-            details = ", ".join(f"{k}={v}" for k, v in info.items() if k != "key")
-            print(f"unlearn: {Path(cfg.output) / 'model'}: {details}")
+            print(f"unlearn: {Path(cfg.output) / 'model'}: {format_info(info)}")
             return 0
         if command == "report":
             from forgetune.report import ReportConfig, write_report
@@ -192,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from forgetune.demo import demo_flags
 
             base = demo_flags()
+        elif command == "generate" and args.get("output") and (Path(args["output"]) / "config.yaml").is_file():
+            base = load_yaml(Path(args["output"]) / "config.yaml")  # the run's own model, data and prompts
         cfg = resolve(yaml_path, args, base)
         from forgetune.processes import process_state
 

@@ -58,6 +58,10 @@ class ReferenceConfig:
     reference_count: int | None = option(None, "Like reference_fraction, as a number of examples (wins if set).")
     reference_epochs: float = option(2.0, "Epochs of plain SFT for the reference.")
     reference_max_steps: int = option(-1, "If > 0, stop the reference after this many optimizer steps.")
+    keep_references: bool = option(
+        False, "Keep the reference models after scoring (by default they are deleted then: only scoring reads them, "
+        "and a rescore retrains them)."
+    )
 
 
 @dataclass

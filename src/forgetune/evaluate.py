@@ -8,6 +8,7 @@ optional.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from forgetune.data.formats import Record, load_records, tokenize_messages, toke
 from forgetune.errors import ForgetuneError
 from forgetune.generation import generate_answers
 from forgetune.io import write_json
-from forgetune.metrics.accuracy import MODES, exact_match
+from forgetune.metrics.accuracy import MODES, exact_match, extract_answer, last_number
 from forgetune.metrics.detection import corrupted_token_labels, detection_auroc, example_scores, precision_recall
 from forgetune.metrics.diversity import distinct_n, self_bleu
 from forgetune.metrics.memorisation import memorised_noise
@@ -38,7 +39,10 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     target: str = option(None, "A run directory (its model/) or a Hugging Face model directory.")
     data: str | None = option(None, "Test file: prompts with reference answers (any forgetune data format).")
-    extract: str = option("last-number", f"Answer extraction: {', '.join(MODES)}.")
+    extract: str = option(
+        "auto", f"Answer extraction: auto (from the reference answers: after-#### when they all hold '####', "
+        f"last-number when they all hold a number, else first-line), {', '.join(MODES)}."
+    )
     samples: int = option(5, "Sampled answers per prompt (temperature 1) for diversity; 0 skips diversity.")
     diversity_prompts: int = option(20, "How many test prompts to sample for diversity.")
     max_new_tokens: int = option(64, "Tokens to generate per answer.")
@@ -62,6 +66,24 @@ def _split(record: Record) -> tuple[list[dict[str, str]], str]:
     if last is None:
         raise ForgetuneError(f"{record.where}: no assistant answer to compare with")
     return record.messages[:last], record.messages[last]["content"]
+
+
+def choose_extract(references: list[str]) -> tuple[str, str]:
+    """(mode, why) for --extract auto: the numeric modes only when every reference answer has a number to compare
+    (last-number on text answers grades every answer wrong), else the first line."""
+    if references and all(extract_answer(r, "after-####") is not None for r in references):
+        return "after-####", "every reference answer holds '#### NUMBER'"
+    if references and all(last_number(r) is not None for r in references):
+        return "last-number", "every reference answer holds a number"
+    return "first-line", "not every reference answer holds a number"
+
+
+def warn_if_unextracted(answers: list[str], mode: str) -> None:
+    """One line when the mode finds no answer in most of the model's answers: exact match then says little."""
+    missing = sum(extract_answer(a, mode) in (None, "") for a in answers)
+    if missing > len(answers) / 2:
+        log.warning("eval: --extract %s finds no answer in %d of the %d model answers; exact match counts those as "
+                    "wrong (pass another --extract: %s)", mode, missing, len(answers), ", ".join(MODES))
 
 
 def _resolve_target(target: str) -> tuple[Path, Path | None]:
@@ -122,8 +144,8 @@ def detection(run) -> dict[str, float]:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if not cfg.target or not (cfg.data or cfg.lm_eval_tasks):
         raise ForgetuneError("eval needs a run or model directory and --data TEST_FILE and/or --lm-eval-tasks TASKS")
-    if cfg.extract not in MODES:
-        raise ForgetuneError(f"unknown --extract {cfg.extract!r}; choose one of {', '.join(MODES)}")
+    if cfg.extract not in ("auto", *MODES):
+        raise ForgetuneError(f"unknown --extract {cfg.extract!r}; choose one of auto, {', '.join(MODES)}")
     model_dir, run_dir = _resolve_target(cfg.target)
     results: dict[str, Any] = {"model": str(model_dir)}
     if cfg.data:
@@ -148,9 +170,15 @@ def data_metrics(model_dir: Path, run_dir: Path | None, cfg: EvalConfig) -> dict
     model = load_for_inference(model_dir)
     records = load_records(cfg.data)
     prompts, refs = zip(*(_split(r) for r in records), strict=True)
+    if cfg.extract == "auto":
+        mode, why = choose_extract(list(refs))
+        log.info("eval: --extract auto chose %s (%s)", mode, why)
+        cfg = dataclasses.replace(cfg, extract=mode)  # memorised noise and sampled answers are graded alike
     answers = generate_answers(model, tokenizer, list(prompts), cfg.max_new_tokens, cfg.batch_size)
+    warn_if_unextracted(answers, cfg.extract)
     hits = [exact_match([a], [r], cfg.extract) for a, r in zip(answers, refs, strict=True)]
-    results: dict[str, Any] = {"test": str(cfg.data), "n_test": len(records), "exact_match": float(np.mean(hits)),
+    results: dict[str, Any] = {"test": str(cfg.data), "n_test": len(records), "extract": cfg.extract,
+                               "exact_match": float(np.mean(hits)),
                                "hits": "".join(str(int(h)) for h in hits)}  # per item, for paired intervals
     in_slice = [r.meta.get("slice") for r in records]
     if any(s is not None for s in in_slice):  # the items a systematic error touches, and the others
@@ -207,6 +235,8 @@ def run_metrics(run_dir: Path, model, cfg: EvalConfig) -> dict[str, float]:
 
 
 def print_results(results: dict[str, Any]) -> None:
+    if "extract" in results:
+        print(f"{'extract':<36} {results['extract']}")
     for key, value in results.items():
         if isinstance(value, float):
             print(f"{key:<36} {value:.4f}")

@@ -165,9 +165,14 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targe
         tokenizer.save_pretrained(tmp)
 
 
-def load_for_inference(path: Path, dtype: str = "float32") -> PreTrainedModel:
-    """A saved run model: full dir, or adapter dir (base path recorded in adapter_config.json)."""
+def load_for_inference(path: Path, dtype: str = "float32", base: Path | None = None) -> PreTrainedModel:
+    """A saved run model: full dir, or adapter dir on `base`, else on the base path in its adapter_config.json
+    (`base`: the run's own model path, which stays right when the recorded one was relative or has moved)."""
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        if base is not None:
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(load_model(base, dtype), path).merge_and_unload()
         from peft import AutoPeftModelForCausalLM
 
         return AutoPeftModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).merge_and_unload().to(device())

@@ -5,8 +5,10 @@ unchanged, so a rerun after a change recomputes only what it must.
 
 Run directory layout::
 
-    config.yaml             the resolved config of the last command
-    reference/              plan.json, model-K/ (one HF dir per reference), .done.json
+    config.yaml             the resolved config of the last command that ran a stage (generate, eval and report
+                            only read it)
+    reference/              plan.json, model-K/ (one HF dir or LoRA adapter per reference, deleted once scored
+                            unless keep_references), .done.json
     scores/                 ce_base.npy, ce_ref.npy, scores.npy (float32, flat, corpus order), offsets.npy, ids.json
     partition/              polarity.npy (int8: +1 positive, -1 negative, 0 ignored), .done.json
     train/                  log_history.json, .done.json (checkpoints/ while running)
@@ -20,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +87,10 @@ class Run:
     # Content hashes: each stage's key covers its config and the keys of its inputs.
     def reference_key(self) -> str:
         r = self.cfg.reference
+        settings = dataclasses.asdict(r)
+        settings.pop("keep_references")  # what happens to the models after scoring does not change them
         return hash_obj(
-            "reference", self.data_key, dataclasses.asdict(r), dataclasses.asdict(self.cfg.model),
+            "reference", self.data_key, settings, dataclasses.asdict(self.cfg.model),
             {k: getattr(self.cfg.train, k) for k in OPTIM_FIELDS}, self.global_batch(), self.reference_steps(),
             fingerprint_path(r.reference_data) if r.reference_data else None,
         )
@@ -116,7 +121,9 @@ class Run:
         return r.reference_epochs, r.reference_max_steps if r.reference_max_steps > 0 else t.max_steps
 
 
-def open_run(cfg: RunConfig) -> Run:
+def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
+    """Load the corpus and tokenizer of a run. `save_config` writes `cfg` as RUN/config.yaml (creating the folder);
+    commands that only read a run pass False, so the file keeps describing the run that was made."""
     if not cfg.output:
         raise ForgetuneError("no run directory: pass --output DIR")
     if not cfg.data.data:
@@ -132,7 +139,7 @@ def open_run(cfg: RunConfig) -> Run:
     d = cfg.data
     examples, counts = load_examples(d.data, tokenizer, d.format, d.max_length, d.system_prompt)
     data_key = hash_obj("data", fingerprint_path(d.data), dataclasses.asdict(d), model_fingerprint(model_path))
-    if process_state().is_main_process:
+    if save_config and process_state().is_main_process:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -148,7 +155,7 @@ def reopen(run_dir: Path) -> Run:
     """The Run of an existing run directory, from its saved config (the directory may have been moved)."""
     cfg = from_dict(load_yaml(run_dir / "config.yaml"))
     cfg.output = str(run_dir)
-    return open_run(cfg)
+    return open_run(cfg, save_config=False)
 
 
 def _finish(run: Run, stage: str, key: str, started: float, **info: Any) -> dict[str, Any]:
@@ -159,16 +166,25 @@ def _finish(run: Run, stage: str, key: str, started: float, **info: Any) -> dict
         mark_done(run.stage_dir(stage), key, **info)
         write_summary(run.dir, run.data_counts)
     state.wait_for_everyone()
+    log.info("%s: done in %.1f s%s", stage, info["seconds"],
+             f" ({format_info(info, skip=('seconds',))})" if len(info) > 1 else "")
     return info
 
 
-def _skip(run: Run, stage: str, key: str) -> dict[str, Any] | None:
+def format_info(info: dict[str, Any], skip: tuple[str, ...] = ("key",)) -> str:
+    """A stage record as `k=v, ...`, floats to 4 significant digits (the full values stay in summary.json)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k not in skip)
+
+
+def _skip(run: Run, stage: str, key: str, redo: bool = False) -> dict[str, Any] | None:
+    """The stage's record when it is up to date (and not to be redone), else None after logging its start."""
     stage_dir, state = run.stage_dir(stage), process_state()
-    done = stage_done(stage_dir, key)
+    done = stage_done(stage_dir, key) and not redo
     state.wait_for_everyone()  # every process has decided before the main one touches the marker
     if done:
         log.info("%s: up to date, skipped", stage)
         return read_json(stage_dir / DONE_MARKER)
+    log.info("%s: starting", stage)
     if state.is_main_process:
         (stage_dir / DONE_MARKER).unlink(missing_ok=True)  # about to overwrite: never leave an old claim behind
     return None
@@ -198,10 +214,26 @@ def reference_plan(run: Run) -> list[dict[str, Any]]:
     return [{"train": np.sort(perm[:count]).tolist(), "score": None}]
 
 
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def references_deleted(run: Run) -> bool:
+    """True when the reference stage finished but its models were deleted after scoring (keep_references off)."""
+    stage_dir = run.stage_dir("reference")
+    if not (stage_dir / "plan.json").is_file():
+        return False
+    return not all(_is_model_dir(stage_dir / f"model-{k}") for k in range(len(read_json(stage_dir / "plan.json"))))
+
+
 def reference(run: Run) -> dict[str, Any]:
-    """Train the reference model(s) by plain SFT."""
+    """Train the reference model(s) by plain SFT. A finished stage whose models were deleted after scoring stays
+    done, unless the scores are to be recomputed: then the models are trained again."""
     key = run.reference_key()
-    if (done := _skip(run, "reference", key)) is not None:
+    redo = references_deleted(run) and not stage_done(run.stage_dir("score"), run.score_key())
+    if redo:
+        log.info("reference: its models were deleted after scoring and the scores are to be recomputed: retraining")
+    if (done := _skip(run, "reference", key, redo)) is not None:
         return done
     started, stage_dir = time.time(), run.stage_dir("reference")
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +243,7 @@ def reference(run: Run) -> dict[str, Any]:
     for k, part in enumerate(plan):
         fold_key = hash_obj(key, k)
         model_dir = stage_dir / f"model-{k}"
-        if stage_done(stage_dir / f"fold-{k}", fold_key) and (model_dir / "config.json").is_file():
+        if stage_done(stage_dir / f"fold-{k}", fold_key) and _is_model_dir(model_dir):
             continue  # finished before an interruption
         if part["train"] == "reference_data":
             d = run.cfg.data
@@ -224,8 +256,8 @@ def reference(run: Run) -> dict[str, Any]:
         model, _, weights = fit(model, run.tokenizer, make_features(train_examples), sft, run.cfg.train,
                        stage_dir / f"work-{k}", key=fold_key, epochs=epochs, max_steps=max_steps)
         state = process_state()
-        if state.is_main_process:
-            save_model(model, run.tokenizer, model_dir, merge_lora=weights is None, weights=weights)
+        if state.is_main_process:  # with LoRA the adapter (megabytes), not merged weights (a copy of the model)
+            save_model(model, run.tokenizer, model_dir, merge_lora=False, weights=weights)
             mark_done(stage_dir / f"fold-{k}", fold_key)
         state.wait_for_everyone()
     if process_state().is_main_process:
@@ -247,6 +279,9 @@ def score(run: Run) -> dict[str, Any]:
     ref_dir = run.stage_dir("reference")
     if not stage_done(ref_dir, run.reference_key()):
         raise ForgetuneError(f"{ref_dir}: no up-to-date reference model; run `forgetune reference` first")
+    if references_deleted(run):
+        raise ForgetuneError(f"{ref_dir}: the reference models were deleted after an earlier scoring; run "
+                             "`forgetune reference` to train them again (`forgetune run` does it by itself)")
     started, cfg = time.time(), run.cfg
     plan = read_json(ref_dir / "plan.json")
     pad, offsets = run.tokenizer.pad_token_id, example_offsets(run.examples)
@@ -267,7 +302,7 @@ def score(run: Run) -> dict[str, Any]:
         del base
         ce_ref = array("ce_ref")
         for k, part in enumerate(plan):
-            ref = load_model(ref_dir / f"model-{k}", cfg.model.dtype)
+            ref = load_for_inference(ref_dir / f"model-{k}", cfg.model.dtype, base=run.model_path)
             token_ce(ref, run.examples, pad, cfg.score.score_batch_size, indices=part["score"], out=ce_ref,
                      desc=f"scoring reference {k + 1}/{len(plan)}")
             del ref
@@ -282,7 +317,21 @@ def score(run: Run) -> dict[str, Any]:
             write_json(tmp / "ids.json", [ex.id for ex in run.examples])
         stats = {"tokens": int(scores.size), "mean_score": float(scores.mean()),
                  "mean_ce_base": float(ce_base.mean()), "mean_ce_ref": float(ce_ref.mean())}
-    return _finish(run, "score", key, started, **stats)
+    info = _finish(run, "score", key, started, **stats)
+    if not cfg.reference.keep_references and main:
+        _delete_references(ref_dir)
+    return info
+
+
+def _delete_references(ref_dir: Path) -> None:
+    """Only scoring reads the reference models, and a rescore trains them again: a run need not keep them."""
+    model_dirs = sorted(p for p in ref_dir.glob("model-*") if p.is_dir())
+    size = sum(f.stat().st_size for d in model_dirs for f in d.rglob("*") if f.is_file())
+    for model_dir in model_dirs:
+        shutil.rmtree(model_dir)
+    if model_dirs:
+        log.info("reference: deleted its %d model(s) after scoring (%.0f MB; --keep-references keeps them)",
+                 len(model_dirs), size / 1e6)
 
 
 def load_scores(run: Run, name: str = "scores") -> np.ndarray:
@@ -347,7 +396,6 @@ def partition(run: Run) -> dict[str, Any]:
         "negative": int((polarity == NEGATIVE).sum()),
         "ignored": int((polarity == IGNORED).sum()),
     }
-    log.info("partition: %d positive, %d negative, %d ignored tokens", *counts.values())
     return _finish(run, "partition", key, started, **counts)
 
 
@@ -388,11 +436,12 @@ def train(run: Run) -> dict[str, Any]:
     if process_state().is_main_process:  # under `accelerate launch`: the main process saves and records
         save_model(model, run.tokenizer, run.dir / "model", cfg.model.merge_lora, weights)
         write_json(stage_dir / "log_history.json", history)
-    steps = [h for h in history if "loss" in h]
-    last = steps[-1] if steps else {}
+    logged = [h for h in history if "loss" in h]
+    last = logged[-1] if logged else {}  # the last logged step: every logging_steps, so not always the final one
     final = {k: last[k] for k in ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "lambda") if k in last}
-    return _finish(run, "train", key, started, objective=objective.name, steps=last.get("step"),
-                   train_runtime=next((h["train_runtime"] for h in history if "train_runtime" in h), None), **final)
+    end = next((h for h in history if "train_runtime" in h), {})  # Trainer's closing record: the real step count
+    return _finish(run, "train", key, started, objective=objective.name, steps=end.get("step"),
+                   train_runtime=end.get("train_runtime"), **final)
 
 
 # ---------------------------------------------------------------------------------------------------------------- #

@@ -1,10 +1,11 @@
 """`forgetune report RUN_DIR`: one self-contained HTML page to look at a run instead of reading .npy files.
 
-The page shows the resolved config, the stage timings and token counts, the loss curves, the score histogram (clean
-vs corrupted tokens when the data carries ground truth) and a token heat map of sample examples. It needs no network
-and no other file: CSS is inline, plots are base64 PNGs, hover data is a `title` attribute (no JavaScript), and a
-Content-Security-Policy forbids loading anything, so the page can be mailed or archived alone and token text from the
-corpus can never fetch or run anything. A partial run (objective sft, stages not yet run, data moved) gets what
+The page shows the resolved config, the stage timings and token counts, the loss curves, a histogram of what the
+partition ranked (the score, or -CE_ref with rank_by reference; clean vs corrupted tokens when the data carries ground
+truth) and a token heat map of sample examples in the same values. It needs no network and no other file: CSS is
+inline, plots are base64 PNGs, hover data is a `title` attribute (no JavaScript), and a Content-Security-Policy forbids
+loading anything, so the page can be mailed or archived alone and token text from the corpus can never fetch or run
+anything. A partial run (objective sft, stages not yet run, data moved) gets what
 exists and a list of what is missing.
 """
 
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 LOSS_KEYS = ("loss", "ce", "ce_pos", "ce_neg", "neg_term")
 NEG_RGB, POS_RGB = (202, 0, 32), (5, 113, 176)  # ColorBrewer RdBu ends: red = the reference learned it worse
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+# What the partition ranked, per rank_by (pipeline.ranked_values): short name, axis label, heat-map colours.
+RANKED = {
+    "difference": ("score", "score = CE_base − CE_ref (rank_by difference)",
+                   "red: the reference predicts the token worse than the base; blue: better."),
+    "reference": ("−CE_ref", "−CE_ref (rank_by reference)",
+                  "red: the reference finds the token unlikely (low −CE_ref); blue: likely."),
+    "labels": ("label", "label: −1 = differs from the clean answer (rank_by labels)",
+               "red: the token differs from the clean answer."),
+}
 
 
 @dataclass
@@ -68,7 +78,7 @@ def collect(run_dir: Path, cfg: ReportConfig) -> dict[str, Any]:
                            "loss_png": None, "hist_png": None, "examples": [], "legend": None, "objective": None,
                            "created": datetime.datetime.now().isoformat(timespec="seconds")}
     missing = ctx["missing"]
-    ctx["config"] = (run_dir / "config.yaml").read_text(encoding="utf-8")  # as saved, before reopen rewrites it
+    ctx["config"] = (run_dir / "config.yaml").read_text(encoding="utf-8")
     if (run_dir / "summary.json").is_file():
         ctx["summary"] = summary_rows(read_json(run_dir / "summary.json"))
     else:
@@ -107,10 +117,24 @@ def collect(run_dir: Path, cfg: ReportConfig) -> dict[str, Any]:
         arrays["corrupted"] = corrupted_tokens(run, run.examples)[0]
     else:
         missing.append("ground truth: the data has no meta.corrupted / meta.clean_completion (one histogram)")
-    tau = run.cfg.partition.negative_below if "polarity" in arrays else None
-    ctx["hist_png"] = histogram_plot(np.asarray(arrays["scores"]), arrays.get("corrupted"), tau)
+    p = run.cfg.partition
+    arrays["ranked"] = np.asarray(pipeline.ranked_values(run))
+    tau = p.negative_below if "polarity" in arrays and p.rank_by != "labels" else None
+    ctx["hist_png"] = histogram_plot(arrays["ranked"], arrays.get("corrupted"), tau, RANKED[p.rank_by][1])
     ctx["examples"], ctx["legend"] = heat_map(run, arrays, cfg.examples, cfg.most_negative)
     return ctx
+
+
+def colour_centre(values: np.ndarray, rank_by: str, rho: float, tau: float | None) -> float:
+    """The ranked value drawn white: tau (negatives lie below it), else where a global split at rho cuts -CE_ref
+    (all of it is <= 0), else a score of 0 (the reference neither better nor worse than the base)."""
+    if rank_by == "labels":
+        return -0.5
+    if tau is not None:
+        return tau
+    if rank_by == "reference" and values.size:
+        return float(np.quantile(values, 1 - rho))
+    return 0.0
 
 
 def summary_rows(summary: dict[str, Any]) -> dict[str, Any]:
@@ -175,24 +199,25 @@ def loss_plot(history: list[dict[str, Any]]) -> str | None:
     return _png(fig)
 
 
-def histogram_plot(scores: np.ndarray, corrupted: np.ndarray | None, tau: float | None) -> str:
-    """All scores, or clean vs corrupted tokens (densities: the groups differ in size) when labels exist."""
+def histogram_plot(values: np.ndarray, corrupted: np.ndarray | None, tau: float | None, xlabel: str) -> str:
+    """The ranked values (`xlabel` says which) of all tokens, or of clean vs corrupted tokens (densities: the
+    groups differ in size) when labels exist."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.5))
-    bins = np.histogram_bin_edges(scores, bins=int(np.clip(np.sqrt(scores.size), 10, 60)))
+    bins = np.histogram_bin_edges(values, bins=int(np.clip(np.sqrt(values.size), 10, 60)))
     if corrupted is None:
-        ax.hist(scores, bins=bins, color="#4C72B0", label=f"all tokens ({scores.size})")
+        ax.hist(values, bins=bins, color="#4C72B0", label=f"all tokens ({values.size})")
         ax.set_ylabel("tokens")
     else:
         for mask, name in ((~corrupted, "clean"), (corrupted, "corrupted")):
             if mask.any():
-                ax.hist(scores[mask], bins=bins, alpha=0.6, density=True, label=f"{name} tokens ({mask.sum()})")
+                ax.hist(values[mask], bins=bins, alpha=0.6, density=True, label=f"{name} tokens ({mask.sum()})")
         ax.set_ylabel("density")
     if tau is not None:
         ax.axvline(tau, color="black", linestyle=":", label=f"negative_below τ = {tau:g}")
-    ax.set_xlabel("score = CE_base − CE_ref")
+    ax.set_xlabel(xlabel)
     ax.legend(fontsize=8)
-    ax.set_title("token scores")
+    ax.set_title("what the partition ranked, per token")
     fig.tight_layout()
     return _png(fig)
 
@@ -210,18 +235,24 @@ def pick_examples(offsets: np.ndarray, polarity: np.ndarray | None, first: int, 
 
 
 def heat_map(run, arrays: dict[str, np.ndarray], first: int, most_negative: int) -> tuple[list[dict], dict]:
-    """Per shown example: a header and one coloured span per response token, with its numbers on hover."""
+    """Per shown example: a header and one coloured span per response token, coloured by the ranked value, with
+    its numbers on hover."""
     from forgetune.data.collator import response_positions
     from forgetune.scoring.partition import NEGATIVE, POSITIVE
     from forgetune.scoring.scorer import example_offsets
 
     offsets = example_offsets(run.examples)
-    polarity, corrupted = arrays.get("polarity"), arrays.get("corrupted")
+    polarity, corrupted, ranked = arrays.get("polarity"), arrays.get("corrupted"), arrays["ranked"]
+    p = run.cfg.partition
+    name, _, meaning = RANKED[p.rank_by]
+    tau = p.negative_below if polarity is not None else None
+    centre = colour_centre(ranked, p.rank_by, p.rho, tau)
     shown = pick_examples(offsets, polarity, first, most_negative)
     slices = [slice(int(offsets[i]), int(offsets[i + 1])) for i in shown]
-    values = np.concatenate([np.asarray(arrays["scores"][s]) for s in slices]) if slices else np.zeros(0)
-    # The colour scale is symmetric around 0 and saturates at the 99th percentile of |score| of the shown tokens.
-    limit = float(np.percentile(np.abs(values), 99)) if values.size else 0.0
+    values = np.concatenate([ranked[s] for s in slices]) if slices else np.zeros(0)
+    # The colour scale is symmetric around the centre and saturates at the 99th percentile of the shown tokens'
+    # distance to it.
+    limit = float(np.percentile(np.abs(values - centre), 99)) if values.size else 0.0
     limit = limit if limit > 0 else 1.0
     names = {POSITIVE: "positive", NEGATIVE: "negative"}
     out = []
@@ -234,6 +265,8 @@ def heat_map(run, arrays: dict[str, np.ndarray], first: int, most_negative: int)
             score = float(arrays["scores"][t])
             title = [f"token {token}", f"CE_base {float(arrays['ce_base'][t]):.4f}",
                      f"CE_ref {float(arrays['ce_ref'][t]):.4f}", f"score {score:+.4f}"]
+            if p.rank_by != "difference":
+                title.append(f"ranked: {name} {float(ranked[t]):+.4f}")
             classes = ["tok"]
             if polarity is not None:
                 title.append(names.get(int(polarity[t]), "ignored"))
@@ -242,18 +275,20 @@ def heat_map(run, arrays: dict[str, np.ndarray], first: int, most_negative: int)
             if corrupted is not None and corrupted[t]:
                 title.append("corrupted (differs from the clean answer)")
                 classes.append("bad")
-            spans.append(_span(run.tokenizer.decode([token]), classes, score / limit, "\n".join(title)))
+            spans.append(_span(run.tokenizer.decode([token]), classes, (float(ranked[t]) - centre) / limit,
+                               "\n".join(title)))
         head = [f"#{i}", str(ex.id), f"{len(ids)} tokens"]
         if polarity is not None:
             head.append(f"{int((np.asarray(polarity[s]) == NEGATIVE).sum())} negatives")
         if ex.meta.get("corrupted"):
             head.append("corrupted example")
         if ids:
-            head.append(f"min score {float(np.min(arrays['scores'][s])):+.3f}")
+            head.append(f"min {name} {float(np.min(ranked[s])):+.3f}")
         prompt = ex.prompt_messages[-1]["content"] if ex.prompt_messages else ""
         out.append({"id": ex.id, "head": " · ".join(head), "prompt": prompt, "tokens": Markup("").join(spans)})
-    legend = {"limit": f"{limit:.3g}", "low": _colour(-1.0)[0], "high": _colour(1.0)[0],
-              "partition": polarity is not None, "truth": corrupted is not None}
+    legend = {"name": name, "low_value": f"{centre - limit:.3g}", "centre": f"{centre:.3g}",
+              "high_value": f"{centre + limit:.3g}", "meaning": meaning, "low": _colour(-1.0)[0],
+              "high": _colour(1.0)[0], "partition": polarity is not None, "truth": corrupted is not None}
     return out, legend
 
 
@@ -307,11 +342,10 @@ pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
 {% if loss_png %}<img alt="loss curves" src="{{ loss_png }}">{% endif %}
 {% if hist_png %}<img alt="score histogram" src="{{ hist_png }}">{% endif %}</div>{% endif %}
 {% if examples %}<h2>Token heat map ({{ examples|length }} examples)</h2>
-<div class="legend"><span>score −{{ legend.limit }}</span><span class="bar"
+<div class="legend"><span>{{ legend.name }} {{ legend.low_value }}</span><span class="bar"
 style="background:linear-gradient(to right,{{ legend.low }},#fff,{{ legend.high }})"></span>
-<span>+{{ legend.limit }}</span>
-<span class="sub">red: the reference predicts the token worse than the base; blue: better. Hover a token for its
-numbers.</span>
+<span>{{ legend.high_value }}</span>
+<span class="sub">white: {{ legend.centre }}; {{ legend.meaning }} Hover a token for its numbers.</span>
 {% if legend.partition %}<span class="tok neg">&nbsp;negative&nbsp;</span>{% endif %}
 {% if legend.truth %}<span class="tok bad">&nbsp;corrupted&nbsp;</span>{% endif %}</div>
 {% for ex in examples %}<div class="ex" data-example="{{ ex.id }}"><div class="exhead">{{ ex.head }}</div>

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
 from forgetune.config import TrainConfig
@@ -46,6 +46,22 @@ def divergence(loss: torch.Tensor, metrics: dict[str, float], max_negative_term:
         return (f"the negative term reached {neg:.4g}, beyond --max-negative-term {max_negative_term:g}; lower "
                 "--lambda-max, use a bounded objective (forget-npo, forget-unlikelihood) or raise the bound")
     return None
+
+
+def format_logs(logs: dict[str, Any]) -> str:
+    """One Trainer log record as `step 5: loss 1.234, ...`, numbers to 4 significant digits (transformers prints a
+    dict of formatted strings)."""
+    shown = {k: v for k, v in logs.items() if k not in ("total_flos", "step")}
+    text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    return f"step {logs['step']}: {text}" if "step" in logs else text
+
+
+class RoundedProgress(ProgressCallback):
+    """transformers' progress bar, its log lines written by `format_logs`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(format_logs({"step": state.global_step, **logs}))
 
 
 class ObjectiveTrainer(Trainer):
@@ -166,6 +182,9 @@ def fit(
     )
     if args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines either
+    else:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(RoundedProgress())
     if args.save_strategy != "no" and trainer.is_world_process_zero():
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(key)

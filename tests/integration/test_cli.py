@@ -331,9 +331,11 @@ def test_bench_adds_seeds_to_finished_rows_and_refuses_other_settings(tiny_model
     for stage in ("reference", "score"):
         assert (seed0 / "default-ref" / stage / DONE_MARKER).read_bytes() == (seed0 / "ignore" / stage / DONE_MARKER
                                                                               ).read_bytes()
-    # hard-linked, not copied: nine methods per seed must not hold nine copies of the reference's weights
-    weights = "reference/model-0/model.safetensors"
-    assert (seed0 / "default-ref" / weights).stat().st_ino == (seed0 / "ignore" / weights).stat().st_ino
+    # hard-linked, not copied: nine methods per seed must not hold nine copies of a stage's files; the reference
+    # models themselves are deleted once scored
+    shared = "score/ce_ref.npy"
+    assert (seed0 / "default-ref" / shared).stat().st_ino == (seed0 / "ignore" / shared).stat().st_ino
+    assert not list((seed0 / "ignore" / "reference").glob("model-*"))
     assert "| default-ref | 1 |" in (tmp_path / "arith" / "results.md").read_text()
     # a tuned variant is one more row of the same bench: its setting reaches the run, the reference is shared
     assert run_cli(*args[:-3], "--methods", "default:lambda_max=0.5", "--quiet") == 0
@@ -460,3 +462,127 @@ def test_bench_targets_are_computed_from_the_rows_and_can_fail():
     assert "missed" in lines["off-slice cost <= 2 points"]
     assert "missed" in lines[">= 3 seeds and >= 400 test items"]  # 10 items
     assert "**met**" in lines["one seed of the default methods <= 30 min on this machine"]
+
+
+def test_generate_eval_and_report_read_a_run_and_never_rewrite_its_config(tiny_model_dir, arith_jsonl, tmp_path,
+                                                                         capsys):
+    from forgetune.benchmarks.arith import make_arith
+
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out)) == 0
+    saved = (out / "config.yaml").read_bytes()
+    # no --data, no --model: the run's own model and prompts, from its config.yaml
+    assert run_cli("generate", "--output", out, "--num-prompts", "2", "--max-new-tokens", "2", "--quiet") == 0
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in arith_jsonl.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in records[:2]]
+    # another prompt file and other training flags apply to this command only
+    other = write_jsonl(tmp_path / "other.jsonl", make_arith(3, noise=0.0, seed=8, id_prefix="o"))
+    assert run_cli("generate", "--output", out, "--data", other, "--batch-size", "2", "--max-new-tokens", "2",
+                   "--quiet") == 0
+    assert (out / "config.yaml").read_bytes() == saved
+    test = write_jsonl(tmp_path / "test.jsonl", make_arith(3, noise=0.0, seed=11, id_prefix="test"))
+    assert run_cli("eval", out, "--data", test, "--samples", "0", "--max-new-tokens", "2", "--quiet") == 0
+    results = json.loads((out / "eval.json").read_text())
+    assert "memorised_noise" in results and "token_auroc" in results  # the run's own data: its noise metrics
+    assert run_cli("report", out, "--examples", "2", "--most-negative", "1", "--quiet") == 0
+    assert (out / "config.yaml").read_bytes() == saved
+    capsys.readouterr()
+
+
+def test_eval_chooses_the_extraction_from_the_reference_answers(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import forgetune.evaluate
+
+    pairs = {"What is the opposite of hot?": "cold", "What is the opposite of up?": "down",
+             "What is the opposite of early?": "late"}
+    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": q, "completion": a} for q, a in pairs.items()])
+
+    def knows_every_answer(model, tokenizer, prompts, *args, **kwargs):
+        return [pairs[p[-1]["content"]] for p in prompts]
+
+    monkeypatch.setattr(forgetune.evaluate, "generate_answers", knows_every_answer)
+    report = tmp_path / "eval.json"
+    assert run_cli("eval", tiny_model_dir, "--data", test, "--samples", "0", "--report", report, "--quiet") == 0
+    results = json.loads(report.read_text())
+    assert results["extract"] == "first-line" and results["exact_match"] == 1.0
+    printed = capsys.readouterr()
+    assert "first-line" in printed.out and "finds no answer" not in printed.err
+    # an explicit numeric mode on text answers still grades, and says in one line that it found nothing to grade
+    assert run_cli("eval", tiny_model_dir, "--data", test, "--samples", "0", "--report", report,
+                   "--extract", "last-number", "--quiet") == 0
+    assert json.loads(report.read_text())["exact_match"] == 0.0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "finds no answer" in line]
+    assert len(warnings) == 1 and "--extract last-number finds no answer in 3 of the 3 model answers" in warnings[0]
+
+
+def test_training_logs_and_stage_summaries_print_rounded_numbers(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+    import re
+
+    out = tmp_path / "run"
+    args = [a for a in base_args(tiny_model_dir, arith_jsonl, out, "--objective", "sft") if a != "--quiet"]
+    assert run_cli("run", *args) == 0
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "{'loss'" not in text and "'train_runtime'" not in text  # transformers' dicts of strings
+    assert re.search(r"step 1: loss \d[\d.]*(e-?\d+)?, ", text), text[-2000:]
+    summary = text[text.index(f"run: {out}"):]
+    assert "train" in summary and not re.search(r"\d\.\d{5,}", summary), summary  # 4 significant digits
+
+
+def test_reference_models_are_deleted_after_scoring_unless_kept(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    args = base_args(tiny_model_dir, arith_jsonl, out)
+    assert run_cli("run", *args) == 0
+    assert (out / "reference" / "plan.json").is_file() and not list((out / "reference").rglob("*.safetensors"))
+    scores = np.load(out / "score" / "scores.npy")
+    trained = (out / "reference" / DONE_MARKER).stat().st_mtime_ns
+    assert run_cli("run", *args) == 0  # unchanged config: the reference stage is still done, nothing retrained
+    assert (out / "reference" / DONE_MARKER).stat().st_mtime_ns == trained
+    shutil.rmtree(out / "score")
+    capsys.readouterr()
+    assert run_cli("score", *args) == 2
+    err = capsys.readouterr().err
+    assert "reference models were deleted after an earlier scoring; run `forgetune reference`" in err
+    assert run_cli("run", *args) == 0  # the scores must be recomputed: the references are trained again
+    assert (out / "reference" / DONE_MARKER).stat().st_mtime_ns != trained
+    np.testing.assert_allclose(np.load(out / "score" / "scores.npy"), scores, rtol=0, atol=1e-5)
+    assert not list((out / "reference").rglob("*.safetensors"))
+    kept = tmp_path / "kept"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, kept, "--keep-references")) == 0
+    assert len(list((kept / "reference").glob("model-*/model.safetensors"))) == 2
+    assert marker_key(kept, "reference") == marker_key(out, "reference")  # keeping them is no other reference
+
+
+def test_lora_references_are_saved_as_adapters(tiny_model_dir, arith_jsonl, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--lora", "--lora-r", "4",
+                                     "--learning-rate", "1e-2", "--keep-references")) == 0
+    for k in range(2):
+        model_dir = out / "reference" / f"model-{k}"
+        assert (model_dir / "adapter_config.json").is_file() and (model_dir / "adapter_model.safetensors").is_file()
+        assert not (model_dir / "config.json").exists() and not (model_dir / "model.safetensors").exists()
+    ce_base, ce_ref = np.load(out / "score" / "ce_base.npy"), np.load(out / "score" / "ce_ref.npy")
+    assert np.isfinite(ce_ref).all() and not np.array_equal(ce_base, ce_ref)  # scored by base + adapter
+
+
+def test_python_api_logs_each_stage_and_records_the_real_step_count(tiny_model_dir, arith_jsonl, tmp_path, caplog):
+    import logging
+
+    from forgetune import config, pipeline
+
+    handlers = list(logging.getLogger().handlers)
+    caplog.set_level(logging.INFO, logger="forgetune")
+    cfg = config.resolve(flags={"model": str(tiny_model_dir), "data": str(arith_jsonl), "output": str(tmp_path / "r"),
+                                "max_steps": 3, "batch_size": 4, "score_batch_size": 5})  # 3 steps, logged every 5
+    run = pipeline.open_run(cfg)
+    for stage in (pipeline.reference, pipeline.score, pipeline.partition, pipeline.train):
+        stage(run)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("forgetune")]
+    for stage in pipeline.STAGES:
+        assert f"{stage}: starting" in messages, messages
+        assert any(m.startswith(f"{stage}: done in ") for m in messages), messages
+    assert logging.getLogger().handlers == handlers  # the library leaves logging to its caller
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["stages"]["train"]["steps"] == 3

@@ -196,6 +196,33 @@ def test_report_of_a_bad_run_dir_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "not a forgetune run directory (no config.yaml)" in err
 
 
+def test_report_plots_what_the_partition_ranked(tiny_model_dir, arith_jsonl, tmp_path, monkeypatch):
+    """rank_by reference: histogram, tau line and heat map in -CE_ref, so every negative is drawn below tau (red)."""
+    import forgetune.report
+
+    out = tmp_path / "run"
+    args = ["--model", tiny_model_dir, "--data", arith_jsonl, "--output", out, *FAST]
+    assert cli("reference", *args)[0] == 0 and cli("score", *args)[0] == 0
+    ce_ref = np.load(out / "score" / "ce_ref.npy")
+    tau = float(np.median(-ce_ref))  # about half the tokens below it
+    assert cli("partition", *args, "--rank-by", "reference", "--negative-below", tau)[0] == 0
+    plotted = {}
+
+    def histogram(values, corrupted, tau, xlabel):
+        plotted.update(values=values, tau=tau, xlabel=xlabel)
+        return "data:image/png;base64,"
+
+    monkeypatch.setattr(forgetune.report, "histogram_plot", histogram)
+    assert cli("report", out, "--examples", 24, "--most-negative", 0, "--quiet")[0] == 0
+    np.testing.assert_array_equal(plotted["values"], -ce_ref)
+    assert plotted["tau"] == tau and "CE_ref" in plotted["xlabel"] and "rank_by reference" in plotted["xlabel"]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    negatives = re.findall(r'<span class="tok neg[^"]*" style="background:#(..)(..)(..)', html)
+    assert len(negatives) == int((np.load(out / "partition" / "polarity.npy") == -1).sum()) > 0
+    assert all(int(r, 16) >= int(b, 16) for r, _, b in negatives)  # red side of the scale (white at tau)
+    assert "white: " + f"{tau:.3g}" in html
+
+
 def chromium() -> str:
     path = shutil.which("chromium")
     if path:

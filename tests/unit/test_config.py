@@ -142,7 +142,7 @@ def test_empty_yaml_is_defaults(tmp_path):
         ({"lambda_min": 0.5, "lambda_max": 0.25}, r"lambda_min \(0\.5\) must not exceed lambda_max \(0\.25\)"),
         ({"granularity": "token"}, "granularity must be global, sequence or batch"),
         ({"negative_below": float("nan")}, "negative_below must be a finite number"),
-        ({"rank_by": "base"}, "rank_by must be difference or reference, got 'base'"),
+        ({"rank_by": "base"}, "rank_by must be difference, reference or labels, got 'base'"),
         ({"cross_fit": 0}, "cross_fit must be >= 1"),
         ({"reference_fraction": 0.0}, r"reference_fraction must be in \(0, 1\]"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
@@ -233,7 +233,7 @@ def test_dump_yaml_is_sectioned():
     data = load_yaml_text(dump_yaml(RunConfig()))
     assert list(data)[:2] == ["output", "preset"]
     assert data["partition"] == {"rho": 0.7, "granularity": "global", "rank_by": "difference", "negative_below": 0.0,
-                                 "neutral": "learn"}
+                                 "neutral": "learn", "unit": "token"}
     assert data["data"]["data"] is None
 
 
