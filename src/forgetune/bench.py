@@ -41,7 +41,7 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "clean-sft": {"objective": "sft", "data": "train_clean"},
     # negatives = exactly the corrupted tokens: how much any detector-based method could gain
     "oracle-ignore": {"objective": "ignore", "rank_by": "labels"},
-    "oracle-forget": {"rank_by": "labels"},
+    "oracle-forget": {"rank_by": "labels", "objective": "forget-npo"},
     # drop whole examples the reference flags, then SFT: token level has to beat example level to justify itself
     "filter": {"objective": "ignore", "rank_by": "reference", "negative_below": -2.3, "unit": "example"},
     "loss-truncation": {"objective": "loss-truncation"},  # reference-free: drop each batch's highest-loss tokens
@@ -49,16 +49,19 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "paper": {"preset": "paper"},
     "forget-3way": {"objective": "forget", "neutral": "ignore", "negative_mean": "negatives"},
     "unlikelihood": {"objective": "forget-unlikelihood"},
-    "default": {},  # forget-npo, three-way split at 0, neutral tokens learned, per-token weighting
+    "default": {},  # the library's defaults (with --trusted: those of --reference-data, see config.py)
+    # the defaults without a trusted file, spelt out: forget-npo, three-way split of CE_base - CE_ref at 0
+    "difference": {"rank_by": "difference", "negative_below": 0.0, "objective": "forget-npo"},
     # rank by the reference's own CE: forget / drop only tokens it gives p < 0.1 (docs/results.md, section 6)
-    "default-ref": {"rank_by": "reference", "negative_below": -2.3},
+    "default-ref": {"rank_by": "reference", "negative_below": -2.3, "objective": "forget-npo"},
     "ignore-ref": {"objective": "ignore", "rank_by": "reference", "negative_below": -2.3},
 }
 # Methods a bench runs unless told: without a trusted set, and with one (--trusted N).
 DEFAULT_METHODS = ("base", "sft", "clean-sft", "oracle-ignore", "oracle-forget", "loss-truncation", "ignore", "paper",
                    "forget-3way", "unlikelihood", "default", "default-ref", "ignore-ref")
+# With a trusted set `default` is ignore-ref (docs/results.md section 0), so ignore-ref is not run twice.
 TRUSTED_METHODS = ("base", "sft", "sft-trusted", "clean-sft", "oracle-ignore", "oracle-forget", "filter",
-                   "loss-truncation", "paper", "default", "default-ref", "ignore-ref")
+                   "loss-truncation", "paper", "difference", "default", "default-ref")
 METRICS = ("exact_match", "exact_match_slice", "exact_match_off_slice", "mc_acc", "clean_nll", "sampled_em_t1",
            "sampled_em_t0.7", "memorised_noise", "distinct_1", "distinct_2", "self_bleu", "perplexity",
            "token_auroc", "example_auroc_min", "token_precision", "token_recall")

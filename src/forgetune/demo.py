@@ -18,6 +18,7 @@ from forgetune.evaluate import corrupted_tokens
 from forgetune.generation import generate_answers
 from forgetune.io import write_json
 from forgetune.metrics.accuracy import exact_match
+from forgetune.metrics.detection import detection_auroc
 from forgetune.models import load_for_inference, load_model
 from forgetune.scoring.partition import NEGATIVE, POSITIVE
 
@@ -57,6 +58,7 @@ def split_report(run: pipeline.Run) -> None:
     if wrong_tokens.any():
         print(f"   negative: {neg[wrong_tokens].mean():.1%} of the {int(wrong_tokens.sum())} wrong tokens (those that "
               f"differ from the true answer), {neg[~wrong_tokens].mean():.1%} of the other tokens")
+        ranking_report(run, wrong_tokens)
     print("   examples (negatives in [brackets], ignored in (parentheses)):")
     shown = [i for i in range(len(run.examples)) if corrupted[i]][:3] + [i for i in range(len(run.examples))
                                                                           if not corrupted[i]][:2]
@@ -65,6 +67,18 @@ def split_report(run: pipeline.Run) -> None:
         truth = f"  (wrong; truth: {ex.meta['clean_completion']})" if corrupted[i] else ""
         marked = _marked(run.tokenizer, ex, polarity[offsets[i] : offsets[i + 1]])
         print(f"   {ex.prompt_messages[-1]['content']:<22} -> {marked}{truth}")
+
+
+def ranking_report(run: pipeline.Run, wrong_tokens: np.ndarray) -> None:
+    """How well each ranking finds the wrong tokens of this corpus: which one is in force matters, and the scores
+    of both are already computed."""
+    ranked = {"difference": np.asarray(pipeline.load_scores(run)),
+              "reference": -np.asarray(pipeline.load_scores(run, "ce_ref"))}
+    names = {"difference": "CE_base - CE_ref", "reference": "-CE_ref"}
+    aurocs = ", ".join(f"{'*' if name == run.cfg.partition.rank_by else ''}--rank-by {name} ({names[name]}) "
+                       f"{detection_auroc(values, wrong_tokens):.3f}" for name, values in ranked.items())
+    print(f"   token AUROC of finding the wrong tokens: {aurocs} (* in force; 0.5 = chance; docs/results.md "
+          "section 0 says which to use when)")
 
 
 def held_out_report(run: pipeline.Run) -> dict[str, float]:

@@ -373,6 +373,7 @@ def partition(run: Run) -> dict[str, Any]:
     if not stage_done(run.stage_dir("score"), run.score_key()):
         raise ForgetuneError(f"{run.stage_dir('score')}: no up-to-date scores; run `forgetune score` first")
     started, p = time.time(), run.cfg.partition
+    log.info("partition: %s", ranking_in_force(run.cfg))
     if not process_state().is_main_process:  # one process ranks and writes; the others wait for its record
         return _finish(run, "partition", key, started)
     values = ranked_values(run)
@@ -396,7 +397,28 @@ def partition(run: Run) -> dict[str, Any]:
         "negative": int((polarity == NEGATIVE).sum()),
         "ignored": int((polarity == IGNORED).sum()),
     }
-    return _finish(run, "partition", key, started, **counts)
+    return _finish(run, "partition", key, started, ranked_by=p.rank_by, **counts)
+
+
+RANKINGS = {
+    "difference": "CE_base - CE_ref (the paper's score: what the reference learned beyond the base)",
+    "reference": "-CE_ref (the reference's own surprise at the token)",
+}
+
+
+def ranking_in_force(cfg: RunConfig) -> str:
+    """One line on what decides each token's polarity, so a user sees which detector their run used."""
+    p = cfg.partition
+    if p.rank_by == "labels":
+        return "negatives are the tokens that differ from each record's meta.clean_completion (no ranking)"
+    negatives = "every other token" if p.negative_below is None else f"the others ranked below {p.negative_below:g}"
+    why = {("reference", True): " (the default with --reference-data: a trusted reference never saw the corpus's "
+                                 "errors, so they surprise it; docs/results.md section 0)",
+           ("difference", False): " (the default without --reference-data; with a trusted file forgetune ranks by "
+                                   "-CE_ref instead: docs/results.md section 0)"}
+    return (f"ranking by {RANKINGS[p.rank_by]}; top {p.rho:g} positive, negative: {negatives}"
+            + (", whole examples" if p.unit == "example" else "")
+            + why.get((p.rank_by, bool(cfg.reference.reference_data)), ""))
 
 
 def load_polarity(run: Run) -> np.ndarray:

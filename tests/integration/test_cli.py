@@ -417,6 +417,8 @@ def test_demo_runs_and_prints_split_and_answers(tiny_model_dir, tmp_path, capsys
                    "--max-new-tokens", "3", "--quiet") == 0
     printed = capsys.readouterr().out
     assert "== token split" in printed and "wrong tokens" in printed
+    # both rankings' detection is shown, the one in force starred
+    assert "*--rank-by difference (CE_base - CE_ref)" in printed and " --rank-by reference (-CE_ref)" in printed
     assert "exact match: base" in printed and "== stages" in printed
     assert set(json.loads((out / "demo_eval.json").read_text())) == {"base", "trained"}
 
@@ -457,8 +459,8 @@ def test_bench_targets_are_computed_from_the_rows_and_can_fail():
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "**met**" in lines["default >= +5 exact-match points over sft, interval above 0"]
     assert "+40.0 points" in lines["default >= +5 exact-match points over sft, interval above 0"]
-    assert "missed" in lines["default above filter"]  # a tie is not a win
-    assert "n/a" in lines["default above sft-trusted"]  # not run: cannot be judged
+    assert "missed" in lines["default above filter (mean)"]  # a tie is not a win
+    assert "n/a" in lines["default above sft-trusted (mean)"]  # not run: cannot be judged
     assert "missed" in lines["off-slice cost <= 2 points"]
     assert "missed" in lines[">= 3 seeds and >= 400 test items"]  # 10 items
     assert "**met**" in lines["one seed of the default methods <= 30 min on this machine"]

@@ -202,7 +202,7 @@ LONG = json.dumps({"prompt": "q", "completion": "a long answer with a great many
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
 
 UNKNOWN_OBJECTIVE = ("unknown objective 'magic'; choose one of forget, forget-constrained, forget-npo, "
-                     "forget-unlikelihood, ignore, sft")
+                     "forget-unlikelihood, ignore, loss-truncation, sft")
 
 CASES = [
     # ---------------------------------------------------------------- the corpus: syntax and encoding

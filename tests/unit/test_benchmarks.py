@@ -126,7 +126,7 @@ def test_method_settings_parse_and_win_over_the_methods_own():
 
     assert method_flags("default") == METHODS["default"] and method_flags("base") is None
     assert method_flags("default-ref:negative_below=-1:rho=0.5") == {"rank_by": "reference", "negative_below": -1,
-                                                                    "rho": 0.5}
+                                                                    "rho": 0.5, "objective": "forget-npo"}
     assert method_flags("ignore:negative-below=none:learning_rate=0.0001") == {
         "objective": "ignore", "negative_below": None, "learning_rate": 1e-4}
     assert method_flags("sft:learning_rate=1e-4")["learning_rate"] == "1e-4"  # YAML 1.1: a string, coerced on resolve

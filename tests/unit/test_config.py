@@ -408,3 +408,20 @@ def test_base_layer_sits_below_yaml_and_flags(tmp_path):
     path = write_yaml(tmp_path, "train: {batch_size: 4}\n")
     cfg = resolve(path, {"epochs": 1.0}, base={"batch_size": 8, "epochs": 2.0, "learning_rate": 1e-4})
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.learning_rate) == (4, 1.0, 1e-4)
+
+
+def test_reference_data_brings_the_trusted_reference_defaults_unless_set(tmp_path):
+    from forgetune.config import TRUSTED_REFERENCE_DEFAULTS
+
+    trusted = TRUSTED_REFERENCE_DEFAULTS["partition"]
+    cfg = resolve(flags={"reference_data": "trusted.jsonl"})
+    assert (cfg.partition.rank_by, cfg.partition.negative_below) == (trusted["rank_by"], trusted["negative_below"])
+    assert resolve().partition.rank_by == "difference"  # without a trusted file: the cross-fit defaults
+    # a setting given anywhere wins over the trusted-reference default: a flag, a YAML key, a preset
+    cfg = resolve(flags={"reference_data": "trusted.jsonl", "negative_below": -1.0})
+    assert (cfg.partition.rank_by, cfg.partition.negative_below) == (trusted["rank_by"], -1.0)
+    path = tmp_path / "c.yaml"
+    path.write_text("reference: {reference_data: trusted.jsonl}\npartition: {rank_by: difference}\n")
+    assert resolve(path).partition.rank_by == "difference"
+    paper = resolve(flags={"preset": "paper", "reference_data": "trusted.jsonl"})
+    assert (paper.partition.rank_by, paper.partition.negative_below) == ("difference", None)
