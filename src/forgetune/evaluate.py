@@ -29,7 +29,7 @@ from forgetune.metrics.diversity import distinct_n, self_bleu
 from forgetune.metrics.memorisation import memorised_noise
 from forgetune.metrics.perplexity import perplexity
 from forgetune.models import load_for_inference, load_tokenizer
-from forgetune.scoring.partition import NEGATIVE
+from forgetune.scoring.partition import IGNORED, NEGATIVE
 from forgetune.scoring.scorer import example_offsets, token_ce
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,9 @@ def detection(run) -> dict[str, float]:
         per_example = example_scores(scores, example_offsets(run.examples), "min")
         out["example_auroc_min"] = detection_auroc(per_example, example_labels)
     if (run.dir / "partition" / "polarity.npy").is_file():
-        negative = np.asarray(pipeline.load_polarity(run)) == NEGATIVE
+        polarity = np.asarray(pipeline.load_polarity(run))
+        # example-level filtering marks a flagged example's tokens ignored: those are what it took out
+        negative = polarity == (IGNORED if run.cfg.partition.unit == "example" else NEGATIVE)
         out["token_precision"], out["token_recall"] = precision_recall(negative, token_labels)
         out["negative_fraction_corrupted_tokens"] = float(negative[token_labels].mean())
         out["negative_fraction_clean_tokens"] = float(negative[~token_labels].mean())
