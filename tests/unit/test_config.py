@@ -425,3 +425,14 @@ def test_reference_data_brings_the_trusted_reference_defaults_unless_set(tmp_pat
     assert resolve(path).partition.rank_by == "difference"
     paper = resolve(flags={"preset": "paper", "reference_data": "trusted.jsonl"})
     assert (paper.partition.rank_by, paper.partition.negative_below) == ("difference", None)
+
+
+def test_the_ranking_in_force_is_said_with_its_reason():
+    from forgetune.pipeline import ranking_in_force
+
+    cross_fit = ranking_in_force(resolve())
+    assert "CE_base - CE_ref" in cross_fit and "the default without --reference-data" in cross_fit
+    trusted = ranking_in_force(resolve(flags={"reference_data": "trusted.jsonl"}))
+    assert "-CE_ref" in trusted and "below -2.3" in trusted and "the default with --reference-data" in trusted
+    assert "no ranking" in ranking_in_force(resolve(flags={"rank_by": "labels"}))
+    assert "whole examples" in ranking_in_force(resolve(flags={"unit": "example", "rank_by": "reference"}))
