@@ -201,11 +201,11 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                 base_dir = pipeline.resolve_model_path(cfg.model)
                 eval_cfg.target, eval_cfg.report = str(base_dir), str(run_dir / "eval.json")
             else:
-                method_flags_ = dict(flags_of[method])
-                flags = {"model": cfg.model, "data": str(files[method_flags_.pop("data", "train")]),
+                settings = dict(flags_of[method])
+                flags = {"model": cfg.model, "data": str(files[settings.pop("data", "train")]),
                          "output": str(run_dir), "seed": seed, "epochs": cfg.epochs, "reference_epochs": cfg.epochs,
                          "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
-                         **method_flags_}
+                         **settings}
                 if cfg.trusted:  # every reference is the trusted set's (the paper's setting)
                     flags.update(reference_data=str(files["trusted"]), reference_epochs=cfg.trusted_epochs)
                 run = pipeline.open_run(resolve(flags=flags))
