@@ -355,6 +355,9 @@ def ranked_values(run: Run) -> np.ndarray:
     if run.cfg.partition.rank_by == "labels":
         from forgetune.evaluate import corrupted_tokens
 
+        if not any("clean_completion" in ex.meta for ex in run.examples):
+            raise ForgetuneError(f"{run.cfg.data.data}: --rank-by labels needs records whose meta holds "
+                                 "clean_completion (and corrupted: true where the answer is wrong); none has one")
         return -corrupted_tokens(run, run.examples)[0].astype(np.float32)
     if run.cfg.partition.rank_by == "reference":
         return -np.asarray(load_scores(run, "ce_ref"))

@@ -588,3 +588,10 @@ def test_python_api_logs_each_stage_and_records_the_real_step_count(tiny_model_d
     assert logging.getLogger().handlers == handlers  # the library leaves logging to its caller
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["stages"]["train"]["steps"] == 3
+
+
+def test_rank_by_labels_without_labels_is_one_clear_line(tiny_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(8)])
+    assert run_cli("run", *base_args(tiny_model_dir, data, tmp_path / "run", "--rank-by", "labels",
+                                     "--objective", "ignore")) == 2
+    assert "--rank-by labels needs records whose meta holds clean_completion" in capsys.readouterr().err
