@@ -242,7 +242,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # The defaults with --reference-data (a reference trained on trusted data), measured in docs/results.md section 0:
 # such a reference never saw the corpus's errors, so they surprise it (-CE_ref finds them: token AUROC 0.98 on the
 # systematic arith benchmark), while the base finds them as surprising (the difference score: 0.46). Dropping the
-# tokens it gives p < 0.1 did as well as forgetting them (forget-npo), so they are dropped: the simpler objective.
+# tokens it gives p < 0.1 did as well as forgetting them (forget-npo) on arith and better on numwords: dropped.
 TRUSTED_REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "partition": {"rank_by": "reference", "negative_below": -2.3},
     "train": {"objective": "ignore"},
