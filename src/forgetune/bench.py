@@ -25,8 +25,9 @@ from forgetune.bench_targets import targets_markdown
 from forgetune.benchmarks import BENCHMARKS, build_benchmark, spec
 from forgetune.config import RunConfig, apply_overrides, option, resolve
 from forgetune.errors import ForgetuneError
-from forgetune.evaluate import EvalConfig, corrupted_tokens, evaluate
+from forgetune.evaluate import EvalConfig, evaluate
 from forgetune.io import atomic_path, read_json, write_json, write_text
+from forgetune.metrics.detection import corrupted_tokens
 from forgetune.metrics.paired import mean_std, paired_difference
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ def plot_score_histogram(run_dir: Path, path: Path) -> None:
 
     run = pipeline.reopen(run_dir)
     scores = pipeline.ranked_values(run)
-    corrupted, _ = corrupted_tokens(run, run.examples)
+    corrupted, _ = corrupted_tokens(run.tokenizer, run.examples)
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(np.percentile(scores, 0.5), np.percentile(scores, 99.5), 50)
     ax.hist(scores[~corrupted], bins=bins, alpha=0.6, density=True, label=f"clean tokens ({(~corrupted).sum()})")

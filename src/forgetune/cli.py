@@ -179,7 +179,7 @@ def execute(command: str, cfg) -> None:
         run_demo(run)
     elif command == "run":
         summary = pipeline.run_all(run)
-        print_summary(summary, run.dir)
+        pipeline.print_summary(summary, run.dir)
     elif command == "generate":
         for row in pipeline.generate(run):
             print(f"Q: {row['prompt']}")
@@ -189,15 +189,6 @@ def execute(command: str, cfg) -> None:
     else:
         info = getattr(pipeline, command)(run)
         print(f"{command}: {pipeline.format_info(info)}")
-
-
-def print_summary(summary: dict[str, Any], run_dir) -> None:
-    from forgetune.pipeline import STAGES, format_info
-
-    print(f"run: {run_dir}")
-    for stage in (s for s in STAGES if s in summary["stages"]):
-        info = summary["stages"][stage]
-        print(f"  {stage:<10} {info['seconds']:>8.1f} s  {format_info(info, skip=('seconds',))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,11 +14,10 @@ import numpy as np
 from forgetune import pipeline
 from forgetune.benchmarks.arith import held_out
 from forgetune.data.collator import response_positions
-from forgetune.evaluate import corrupted_tokens
 from forgetune.generation import generate_answers
 from forgetune.io import write_json
 from forgetune.metrics.accuracy import exact_match
-from forgetune.metrics.detection import detection_auroc
+from forgetune.metrics.detection import corrupted_tokens, detection_auroc
 from forgetune.models import load_for_inference, load_model
 from forgetune.scoring.partition import NEGATIVE, POSITIVE
 
@@ -50,7 +49,7 @@ def _marked(tokenizer, ex, polarity: np.ndarray) -> str:
 def split_report(run: pipeline.Run) -> None:
     polarity = np.asarray(pipeline.load_polarity(run))
     offsets = pipeline.example_offsets(run.examples)
-    wrong_tokens, corrupted = corrupted_tokens(run, run.examples)
+    wrong_tokens, corrupted = corrupted_tokens(run.tokenizer, run.examples)
     neg = polarity == NEGATIVE
     print("\n== token split")
     print(f"   {int((polarity == POSITIVE).sum())} positive, {int(neg.sum())} negative, "
@@ -107,7 +106,5 @@ def run_demo(run: pipeline.Run) -> None:
     if run.objective().needs_partition:
         split_report(run)
     held_out_report(run)
-    from forgetune.cli import print_summary
-
     print("\n== stages")
-    print_summary(summary, run.dir)
+    pipeline.print_summary(summary, run.dir)

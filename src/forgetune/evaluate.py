@@ -19,12 +19,12 @@ import torch
 
 from forgetune.config import option
 from forgetune.data.collator import response_positions
-from forgetune.data.formats import Record, load_records, tokenize_messages, tokenize_records
+from forgetune.data.formats import Record, load_records, tokenize_records
 from forgetune.errors import ForgetuneError
 from forgetune.generation import generate_answers
 from forgetune.io import write_json
 from forgetune.metrics.accuracy import MODES, exact_match, extract_answer, last_number
-from forgetune.metrics.detection import corrupted_token_labels, detection_auroc, example_scores, precision_recall
+from forgetune.metrics.detection import corrupted_tokens, detection_auroc, example_scores, precision_recall
 from forgetune.metrics.diversity import distinct_n, self_bleu
 from forgetune.metrics.memorisation import memorised_noise
 from forgetune.metrics.perplexity import perplexity
@@ -105,28 +105,12 @@ def diversity(answers: list[str], samples: int) -> dict[str, float]:
     }
 
 
-def corrupted_tokens(run, examples) -> tuple[np.ndarray, np.ndarray]:
-    """Per response token: corrupted (differs from the clean answer); per example: corrupted."""
-    per_example = np.array([bool(ex.meta.get("corrupted")) for ex in examples])
-    labels = []
-    for ex, corrupted in zip(examples, per_example, strict=True):
-        noisy_ids = [ex.input_ids[p] for p in response_positions(ex.labels)]
-        if not corrupted or "clean_completion" not in ex.meta:
-            labels.append(np.zeros(len(noisy_ids), dtype=bool))
-            continue
-        clean = ex.prompt_messages + [{"role": "assistant", "content": ex.meta["clean_completion"]}]
-        ids, clean_labels = tokenize_messages(run.tokenizer, clean, ex.id)
-        clean_ids = [ids[p] for p in response_positions(clean_labels)]
-        labels.append(corrupted_token_labels(noisy_ids, clean_ids))
-    return np.concatenate(labels), per_example
-
-
 def detection(run) -> dict[str, float]:
     """How well the scores (and the negative set) find the corrupted tokens and examples of the training data."""
     from forgetune import pipeline
 
     scores = pipeline.ranked_values(run)  # what the partition ranked: the AUROC grades that ranking
-    token_labels, example_labels = corrupted_tokens(run, run.examples)
+    token_labels, example_labels = corrupted_tokens(run.tokenizer, run.examples)
     if not token_labels.any() or token_labels.all():
         return {}
     out = {"token_auroc": detection_auroc(scores, token_labels)}

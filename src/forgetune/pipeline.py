@@ -353,12 +353,12 @@ def ranked_values(run: Run) -> np.ndarray:
     """The per-token value the partition ranks (high = learn): the score, -CE_ref with rank_by reference, or with
     rank_by labels -1 on the tokens that differ from the record's clean completion and 0 elsewhere."""
     if run.cfg.partition.rank_by == "labels":
-        from forgetune.evaluate import corrupted_tokens
+        from forgetune.metrics.detection import corrupted_tokens
 
         if not any("clean_completion" in ex.meta for ex in run.examples):
             raise ForgetuneError(f"{run.cfg.data.data}: --rank-by labels needs records whose meta holds "
                                  "clean_completion (and corrupted: true where the answer is wrong); none has one")
-        return -corrupted_tokens(run, run.examples)[0].astype(np.float32)
+        return -corrupted_tokens(run.tokenizer, run.examples)[0].astype(np.float32)
     if run.cfg.partition.rank_by == "reference":
         return -np.asarray(load_scores(run, "ce_ref"))
     return np.asarray(load_scores(run))
@@ -523,3 +523,11 @@ def write_summary(run_dir: Path, data_counts: dict[str, int]) -> dict[str, Any]:
             summary["stages"][stage] = info
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def print_summary(summary: dict[str, Any], run_dir) -> None:
+    """A stage per line: its time and its record, rounded (the CLI's and the demo's closing summary)."""
+    print(f"run: {run_dir}")
+    for stage in (s for s in STAGES if s in summary["stages"]):
+        info = summary["stages"][stage]
+        print(f"  {stage:<10} {info['seconds']:>8.1f} s  {format_info(info, skip=('seconds',))}")

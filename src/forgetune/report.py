@@ -112,9 +112,9 @@ def collect(run_dir: Path, cfg: ReportConfig) -> dict[str, Any]:
     except ForgetuneError as e:
         missing.append(f"partition: {e} (heat map without negative marks)")
     if any("corrupted" in ex.meta and "clean_completion" in ex.meta for ex in run.examples):
-        from forgetune.evaluate import corrupted_tokens
+        from forgetune.metrics.detection import corrupted_tokens
 
-        arrays["corrupted"] = corrupted_tokens(run, run.examples)[0]
+        arrays["corrupted"] = corrupted_tokens(run.tokenizer, run.examples)[0]
     else:
         missing.append("ground truth: the data has no meta.corrupted / meta.clean_completion (one histogram)")
     p = run.cfg.partition

@@ -88,7 +88,7 @@ class Page(HTMLParser):
 def test_report_page_matches_the_run(report):
     from forgetune import pipeline
     from forgetune.data.collator import response_positions
-    from forgetune.evaluate import corrupted_tokens
+    from forgetune.metrics.detection import corrupted_tokens
 
     out, rc, stdout = report
     path = out / "report.html"
@@ -101,7 +101,7 @@ def test_report_page_matches_the_run(report):
     offsets = np.load(out / "score" / "offsets.npy")
     scores, polarity = np.load(out / "score" / "scores.npy"), np.load(out / "partition" / "polarity.npy")
     ce_base, ce_ref = np.load(out / "score" / "ce_base.npy"), np.load(out / "score" / "ce_ref.npy")
-    corrupted, _ = corrupted_tokens(run, run.examples)
+    corrupted, _ = corrupted_tokens(run.tokenizer, run.examples)
     assert corrupted.any()  # the labelled data really exercises the corrupted marks
 
     # Shown: the first examples, then the others with the most negatives (ties: corpus order).

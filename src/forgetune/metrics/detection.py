@@ -11,6 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from forgetune.data.collator import response_positions
+from forgetune.data.formats import tokenize_messages
+
 HIGHER_IS_BETTER = True
 AGGREGATIONS = ("min", "mean", "sum")
 
@@ -129,3 +132,19 @@ def example_scores(flat_scores: np.ndarray, offsets: np.ndarray, how: str = "min
     if how == "mean":
         out /= lengths
     return out
+
+
+def corrupted_tokens(tokenizer, examples) -> tuple[np.ndarray, np.ndarray]:
+    """Per response token: corrupted (differs from the clean answer); per example: corrupted."""
+    per_example = np.array([bool(ex.meta.get("corrupted")) for ex in examples])
+    labels = []
+    for ex, corrupted in zip(examples, per_example, strict=True):
+        noisy_ids = [ex.input_ids[p] for p in response_positions(ex.labels)]
+        if not corrupted or "clean_completion" not in ex.meta:
+            labels.append(np.zeros(len(noisy_ids), dtype=bool))
+            continue
+        clean = ex.prompt_messages + [{"role": "assistant", "content": ex.meta["clean_completion"]}]
+        ids, clean_labels = tokenize_messages(tokenizer, clean, ex.id)
+        clean_ids = [ids[p] for p in response_positions(clean_labels)]
+        labels.append(corrupted_token_labels(noisy_ids, clean_ids))
+    return np.concatenate(labels), per_example
