@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import importlib
 import logging
+import os
 import sys
 import typing
 import warnings
@@ -191,7 +192,14 @@ def execute(command: str, cfg) -> None:
         print(f"{command}: {pipeline.format_info(info)}")
 
 
+# The CLI (not the library: importing it changes nothing in the caller's process) runs offline unless the user says
+# otherwise: every path it takes is local. Set before any Hugging Face library is imported; they read these once.
+OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for flag in OFFLINE_FLAGS:
+        os.environ.setdefault(flag, "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(build_parser(argv).parse_args(argv))
     command, yaml_path, quiet = args.pop("command"), args.pop("config", None), args.pop("quiet")
@@ -234,8 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from forgetune.demo import demo_flags
 
             base = demo_flags()
-        elif command == "generate" and args.get("output") and (Path(args["output"]) / "config.yaml").is_file():
-            base = load_yaml(Path(args["output"]) / "config.yaml")  # the run's own model, data and prompts
+        elif command == "generate" and args.get("output"):
+            if not Path(args["output"]).is_dir() and not args.get("data"):  # with --data: "no trained model" says it
+                raise ForgetuneError(f"{args['output']}: no such run directory; pass --output RUN, a folder made by "
+                                     "forgetune run")
+            if (Path(args["output"]) / "config.yaml").is_file():
+                base = load_yaml(Path(args["output"]) / "config.yaml")  # the run's own model, data and prompts
         cfg = resolve(yaml_path, args, base)
         from forgetune.processes import process_state
 

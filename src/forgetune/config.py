@@ -207,6 +207,11 @@ class RunConfig:
         if t.negative_mean not in ("negatives", "tokens"):
             raise ForgetuneError(f"negative_mean must be negatives or tokens, got {t.negative_mean!r}")
         r = self.reference
+        for epochs, max_steps, flag in ((t.epochs, t.max_steps, "epochs"),
+                                        (r.reference_epochs, r.reference_max_steps, "reference_epochs")):
+            if max_steps <= 0 and not (math.isfinite(epochs) and epochs > 0):  # else 0 steps: the base model, "trained"
+                raise ForgetuneError(f"{flag} must be > 0 (or set {flag.replace('epochs', 'max_steps')} > 0), "
+                                     f"got {epochs}")
         if r.cross_fit < 1:
             raise ForgetuneError(f"cross_fit must be >= 1, got {r.cross_fit}")
         if not 0.0 < r.reference_fraction <= 1.0:

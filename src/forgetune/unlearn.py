@@ -124,6 +124,10 @@ class UnlearnConfig:
         for name, what in (("forget", "a file of the records to unlearn"), ("output", "a folder for the result")):
             if not getattr(self, name):
                 raise ForgetuneError(f"unlearn: --{name} is required ({what})")
+        for name in ("forget", "retain", "holdout"):
+            path = getattr(self, name)
+            if path and not Path(path).exists():
+                raise ForgetuneError(f"{path}: file not found (--{name})")
         unlearning.get(self.method)
         unlearning.get(self.forget_loss)
         if self.tokens not in ("all", "scored"):

@@ -1,7 +1,7 @@
 """Speed benchmarks that print ratios measured in the same run: `NAME ratio=X target=Y ok|MISS`.
 
-    python benchmarks/run.py           # the embedded SmolLM2-135M where a target needs a real model
-    python benchmarks/run.py --quick   # small random models and sizes, about a minute
+    python benchmarks/speed.py           # the embedded SmolLM2-135M where a target needs a real model
+    python benchmarks/speed.py --quick   # small random models and sizes, about a minute
 
 Targets (issue #6): scoring throughput vs the raw forward of the same models on the same tokens, flat peak RSS of
 scoring at two corpus sizes, a `forget` step vs an `sft` step, the global partition vs np.partition and vs the
