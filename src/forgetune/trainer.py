@@ -35,13 +35,14 @@ class TrainingDiverged(ForgetuneError):
         self.step, self.reason = step, reason
 
 
-def divergence(loss: torch.Tensor, metrics: dict[str, float], max_negative_term: float | None) -> str | None:
+def divergence(loss: torch.Tensor, metrics: dict[str, Any], max_negative_term: float | None) -> str | None:
     """Why a micro-batch's loss must not be applied (a non-finite loss, an exploding negative term), else None."""
     value = float(loss.detach())
     if not math.isfinite(value):
         return (f"the loss is {value}; lower --learning-rate, keep --max-grad-norm on, and check the run's "
                 "score files")
     neg = metrics.get("neg_term")
+    neg = None if neg is None else float(neg)
     if neg is not None and max_negative_term is not None and not abs(neg) <= max_negative_term:
         return (f"the negative term reached {neg:.4g}, beyond --max-negative-term {max_negative_term:g}; lower "
                 "--lambda-max, use a bounded objective (forget-npo, forget-unlikelihood) or raise the bound")
@@ -64,33 +65,72 @@ class RoundedProgress(ProgressCallback):
             self.training_bar.write(format_logs({"step": state.global_step, **logs}))
 
 
+def flat_token_batch(inputs: dict[str, torch.Tensor]) -> TokenBatch:
+    """A collated batch's per-position fields, flattened to one entry per response token in (row, position) order:
+    the order of `response_token_ce`, so entry i of each field belongs to CE i."""
+    mask = target_mask(inputs["labels"])
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+    return TokenBatch(
+        polarity=inputs["polarity"][mask] if "polarity" in inputs else None,
+        base_ce=inputs["base_ce"][mask] if "base_ce" in inputs else None,
+        seq=rows,
+    )
+
+
 class ObjectiveTrainer(Trainer):
+    """Every loss (SFT objective or unlearning method) through one protocol: `objective(ce, tokens, progress)`; an
+    update rule that declares `writes_gradients` gets `backward(parameters, ce, tokens, progress)` instead."""
+
     def __init__(self, *args: Any, objective: Objective, max_negative_term: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.max_negative_term = max_negative_term
         self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let Trainer divide by GA steps
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._metrics: dict[str, list[Any]] = defaultdict(list)
+
+    def token_batch(self, model, inputs) -> tuple[torch.Tensor, TokenBatch, Any]:
+        """One forward pass: the flat CE of the batch's response tokens, their per-token labels (aligned) and the
+        model's outputs."""
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        return response_token_ce(outputs.logits, inputs["labels"]), flat_token_batch(inputs), outputs
+
+    @property
+    def progress(self) -> float:
+        return self.state.global_step / max(self.state.max_steps, 1)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        ce = response_token_ce(outputs.logits, labels)  # (N,) over the batch's response tokens
-        mask = target_mask(labels)
-        tokens = TokenBatch(
-            polarity=inputs["polarity"][mask] if "polarity" in inputs else None,
-            base_ce=inputs["base_ce"][mask] if "base_ce" in inputs else None,
-        )
-        progress = self.state.global_step / max(self.state.max_steps, 1)
-        loss, metrics = self.objective(ce, tokens, progress)
+        ce, tokens, outputs = self.token_batch(model, inputs)
+        try:
+            loss, metrics = self.objective(ce, tokens, self.progress)
+        except ValueError as e:  # e.g. constrained's log of a NaN forget loss: one line, not a traceback
+            raise TrainingDiverged(self.state.global_step + 1, str(e)) from None
         if model.training:
             self.check_divergence(loss, metrics)
-            for key, value in metrics.items():
-                self._metrics[key].append(float(value))
+            self.record(metrics)
         return (loss, outputs) if return_outputs else loss
 
-    def check_divergence(self, loss: torch.Tensor, metrics: dict[str, float]) -> None:
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.objective.writes_gradients:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        ce, tokens, _ = self.token_batch(model, inputs)
+        try:
+            metrics = self.objective.backward(list(model.parameters()), ce, tokens, self.progress)
+        except ValueError as e:
+            raise TrainingDiverged(self.state.global_step + 1, str(e)) from None
+        loss = torch.as_tensor(metrics["forget_term"], device=self.args.device)
+        self.check_divergence(loss, metrics)
+        self.record(metrics)
+        return loss
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        """Kept as they come (tensors detached, no sync); numbers only when the Trainer logs."""
+        for key, value in metrics.items():
+            self._metrics[key].append(value.detach() if isinstance(value, torch.Tensor) else value)
+
+    def check_divergence(self, loss: torch.Tensor, metrics: dict[str, Any]) -> None:
         """Stop before a diverged loss reaches the weights; every process stops together (no one left waiting)."""
         reason = divergence(loss, metrics, self.max_negative_term)
         if self.accelerator.num_processes > 1:
@@ -102,7 +142,8 @@ class ObjectiveTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key, values in self._metrics.items():
-            logs[key] = sum(values) / len(values) if not key.startswith("tokens_") else sum(values)
+            numbers = [float(v) for v in values]
+            logs[key] = sum(numbers) / len(numbers) if not key.startswith("tokens_") else sum(numbers)
         self._metrics.clear()
         super().log(logs, start_time)
 
@@ -118,13 +159,12 @@ def fit(
     key: str,
     epochs: float | None = None,
     max_steps: int | None = None,
-    trainer_class: type[ObjectiveTrainer] | None = None,
     collator: Any = None,
     callbacks: list[Any] | None = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]], dict[str, torch.Tensor] | None]:
     """Train in place: (model, log history, full weights when training was sharded, else None). Checkpoints go to
     work_dir/checkpoints and are resumed from only if they were written under the same stage key (same data and
-    config); stale ones are deleted. `trainer_class`, `collator`, `callbacks`: for losses over other batches
+    config); stale ones are deleted. `collator`, `callbacks`: for batches of other rows
     (unlearning's forget + retain rows)."""
     ckpt_dir = work_dir / "checkpoints"
     key_file = ckpt_dir / "stage_key"
@@ -170,7 +210,7 @@ def fit(
         )
     except ValueError as e:
         raise ForgetuneError(f"training arguments: {str(e).splitlines()[0]}") from None
-    trainer = (trainer_class or ObjectiveTrainer)(
+    trainer = ObjectiveTrainer(
         model=model,
         args=args,
         train_dataset=features,

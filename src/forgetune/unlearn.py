@@ -3,9 +3,9 @@
 Each step sees a batch of forget examples and as many retain examples drawn at random (open-unlearning's
 ForgetRetainDataset: an epoch is one pass over the forget set, however large the retain set), in one forward pass.
 Everything the method needs travels in the batch: the forget tokens' CE under the starting model (NPO's frozen
-reference, computed once up front instead of keeping a second model in memory) and each forget token's weight
-(1 = forget; `--tokens scored` sets it from a score, 0 = keep the token like retain data). The trainer turns the
-rows into an `UnlearnBatch` and calls the registered method without knowing which one it is.
+reference, computed once up front instead of keeping a second model in memory) and each token's polarity (-1 =
+forget; +1 = retain data, or with `--tokens scored` a forget token kept like retain data). The trainer is the SFT
+objectives' own: it calls the registered method through the same loss protocol without knowing which one it is.
 
 Output folder::
 
@@ -60,8 +60,7 @@ from forgetune.models import (
 from forgetune.processes import process_state
 from forgetune.scoring.partition import partition_tokens
 from forgetune.scoring.scorer import example_offsets, token_ce
-from forgetune.scoring.token_logps import response_token_ce, target_mask
-from forgetune.trainer import ObjectiveTrainer, TrainingDiverged, fit
+from forgetune.trainer import fit
 
 log = logging.getLogger(__name__)
 
@@ -196,13 +195,15 @@ def uses_retain(method: Any) -> bool:
     return getattr(getattr(method, "inner", method), "retain_weight", None) != 0
 
 
-def unlearn_features(examples: list[Example], ref_ce: np.ndarray | None = None,
-                     weight: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Per-position `ref_ce` and `forget_weight` spread onto each example (zeros for retain examples)."""
+def unlearn_features(examples: list[Example], base_ce: np.ndarray | None = None,
+                     forget: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per-position `polarity` (-1: forget this token; +1: retain data, or a forget example's token kept like it) and
+    `base_ce` (the starting model's CE, NPO's reference) spread onto each example; without `forget`, all +1."""
     offsets = example_offsets(examples)
-    zeros = np.zeros(int(offsets[-1]), np.float32)
-    return make_features(examples, offsets, ref_ce=zeros if ref_ce is None else ref_ce,
-                         forget_weight=zeros if weight is None else weight)
+    count = int(offsets[-1])
+    polarity = np.ones(count, np.int64) if forget is None else np.where(forget > 0, -1, 1)
+    return make_features(examples, offsets, polarity=polarity,
+                         base_ce=np.zeros(count, np.float32) if base_ce is None else base_ce)
 
 
 class ForgetRetainDataset(torch.utils.data.Dataset):
@@ -223,72 +224,13 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
 
 
 class ForgetRetainCollator:
-    """Forget rows first, then retain rows, padded together; `forget_rows` says where the split is."""
+    """Forget rows first, then retain rows, padded together: the polarity says which token is which."""
 
     def __init__(self, pad_token_id: int):
         self.collate = Collator(pad_token_id)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [it["forget"] for it in items] + [it["retain"] for it in items if "retain" in it]
-        batch = self.collate(rows)
-        batch["forget_rows"] = torch.tensor(len(items))
-        return batch
-
-
-def batch_from_rows(ce: torch.Tensor, inputs: dict[str, torch.Tensor]) -> unlearning.UnlearnBatch:
-    """Split the flat per-token CE (batch, position order) into forget and retain sequences."""
-    mask = target_mask(inputs["labels"])
-    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
-    forget_rows = int(inputs["forget_rows"])
-    on_forget = rows < forget_rows
-    on_retain = ~on_forget
-    has_retain = bool(on_retain.any())
-    return unlearning.UnlearnBatch.from_tokens(
-        forget_ce=ce[on_forget],
-        forget_seq=rows[on_forget],
-        forget_token_weight=inputs["forget_weight"][mask][on_forget],
-        forget_ref_ce=inputs["ref_ce"][mask][on_forget],
-        retain_ce=ce[on_retain] if has_retain else None,
-        retain_seq=rows[on_retain] - forget_rows if has_retain else None,
-    )
-
-
-class UnlearnTrainer(ObjectiveTrainer):
-    """The objective is an unlearning method: a loss over an `UnlearnBatch`, or an update rule with `backward`
-    (gradient surgery: two backward passes writing `.grad`, which the Trainer then clips and applies)."""
-
-    def unlearn_batch(self, model, inputs) -> unlearning.UnlearnBatch:
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        return batch_from_rows(response_token_ce(outputs.logits, inputs["labels"]), inputs)
-
-    def _record(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self._metrics[key].append(float(value))
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        progress = self.state.global_step / max(self.state.max_steps, 1)
-        try:
-            loss, metrics = self.objective(self.unlearn_batch(model, inputs), progress)
-        except ValueError as e:  # e.g. constrained's log of a NaN forget loss: one line, not a traceback
-            raise TrainingDiverged(self.state.global_step + 1, str(e)) from None
-        if model.training:
-            self.check_divergence(loss, metrics)
-            self._record(metrics)
-        return (loss, None) if return_outputs else loss
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if not hasattr(self.objective, "backward"):
-            return super().training_step(model, inputs, num_items_in_batch)
-        model.train()
-        inputs = self._prepare_inputs(inputs)
-        try:
-            metrics = self.objective.backward(list(model.parameters()), self.unlearn_batch(model, inputs))
-        except ValueError as e:
-            raise TrainingDiverged(self.state.global_step + 1, str(e)) from None
-        loss = torch.tensor(metrics["forget_term"], device=self.args.device)
-        self.check_divergence(loss, metrics)
-        self._record(metrics)
-        return loss
+        return self.collate([it["forget"] for it in items] + [it["retain"] for it in items if "retain" in it])
 
 
 def mean_example_nll(model: torch.nn.Module, examples: list[Example], pad_token_id: int, desc: str) -> float:
@@ -380,11 +322,11 @@ def run_unlearn(cfg: UnlearnConfig) -> dict[str, Any]:
     method = build_method(cfg, list(model.parameters()))
     if uses_retain(method) and retain is None:
         raise ForgetuneError(f"unlearn: --method {cfg.method} has a retain term: pass --retain FILE")
-    if hasattr(method, "backward") and state.num_processes > 1:
+    if method.writes_gradients and state.num_processes > 1:
         raise ForgetuneError(f"unlearn: --method {cfg.method} writes gradients itself and runs in one process only")
     # --tokens scored: a forget example with no selected token has nothing to forget (a batch of only such
     # examples would have no forget term at all), so it is left out.
-    forget_features = [f for f in unlearn_features(forget, own_ce, weights) if any(f["forget_weight"])]
+    forget_features = [f for f in unlearn_features(forget, own_ce, weights) if -1 in f["polarity"]]
     if not forget_features:
         raise ForgetuneError(
             f"unlearn: --token-fraction {cfg.token_fraction} of {len(weights)} forget tokens selects none; raise it"
@@ -400,7 +342,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict[str, Any]:
     callbacks = [KeepPruned(model, masks)] if masks else []
     stop = StopAtHoldout(forget, holdout, tokenizer.pad_token_id, cfg.stop_every) if holdout else None
     model, history, full_weights = fit(
-        model, tokenizer, dataset, method, cfg.train_config(), out, key=key, trainer_class=UnlearnTrainer,
+        model, tokenizer, dataset, method, cfg.train_config(), out, key=key,
         collator=ForgetRetainCollator(tokenizer.pad_token_id), callbacks=callbacks + ([stop] if stop else []),
     )
     steps = [h for h in history if "loss" in h]

@@ -41,7 +41,8 @@ def observe(tmp_path: Path, model: Path, arith: Path) -> dict[str, object]:
     run = tmp_path / "run"
     for objective in OBJECTIVES:
         argv = ["run", "--model", model, "--data", arith, "--output", run, "--objective", objective,
-                "--cross-fit", "1", "--reference-fraction", "0.5", "--score-batch-size", "5", "--logging-steps", "1", *STEPS]
+                "--cross-fit", "1", "--reference-fraction", "0.5", "--score-batch-size", "5", "--logging-steps", "1",
+                *STEPS]
         assert main([str(a) for a in argv]) == 0
         seen[f"objective {objective}"] = numbers(read_json(run / "train" / "log_history.json"))
     scores = np.load(run / "score" / "scores.npy")

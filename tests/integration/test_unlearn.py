@@ -19,7 +19,9 @@ from forgetune.cli import main
 from forgetune.data.formats import IGNORE_INDEX, Example, load_examples
 from forgetune.io import DONE_MARKER
 from forgetune.scoring.scorer import token_ce
-from forgetune.unlearn import ForgetRetainCollator, ForgetRetainDataset, batch_from_rows, unlearn_features
+from forgetune.trainer import flat_token_batch
+from forgetune.unlearn import ForgetRetainCollator, ForgetRetainDataset, unlearn_features
+from forgetune.unlearning.base import forget_base_nll, forget_sequences, retain_mean
 from tests_helpers import write_jsonl
 
 X = IGNORE_INDEX
@@ -61,9 +63,9 @@ def state(model_dir: Path) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
 
 
-# --- batch_from_rows --------------------------------------------------------------------------------------------
+# --- flattening a collated batch ---------------------------------------------------------------------------------
 
-def test_batch_from_rows_sums_by_hand():
+def test_flat_token_batch_aligns_polarity_base_ce_and_rows_with_the_ce_by_hand():
     # Rows 0, 1 forget; rows 2, 3 retain. Position 0 is never scored even with a label.
     labels = torch.tensor([
         [5, X, 7, 8, X],  # targets at 2, 3
@@ -71,51 +73,20 @@ def test_batch_from_rows_sums_by_hand():
         [X, X, 3, 4, 9],  # targets at 2, 3, 4
         [X, X, X, 2, X],  # target at 3
     ])
-    ce = torch.tensor([1.0, 2.0, 4.0, 10.0, 20.0, 30.0, 100.0])  # (row, position) order
-    ref = torch.zeros(4, 5)
-    ref[0, 2], ref[0, 3], ref[1, 1] = 0.5, 1.5, 3.0
-    ref[2, 2] = 99.0  # on a retain row: must be ignored
-    inputs = {"labels": labels, "forget_rows": torch.tensor(2), "ref_ce": ref, "forget_weight": torch.ones(4, 5)}
-    batch = batch_from_rows(ce, inputs)
-    torch.testing.assert_close(batch.forget_nll, torch.tensor([3.0, 4.0]))
-    torch.testing.assert_close(batch.forget_len, torch.tensor([2.0, 1.0]))
-    torch.testing.assert_close(batch.forget_ref_nll, torch.tensor([2.0, 3.0]))
-    torch.testing.assert_close(batch.retain_nll, torch.tensor([60.0, 100.0]))
-    torch.testing.assert_close(batch.retain_len, torch.tensor([3.0, 1.0]))
-    assert batch.forget_mean().item() == pytest.approx(7.0 / 3)
-    assert batch.retain_mean().item() == pytest.approx(40.0)
-
-
-def test_batch_from_rows_zero_weight_tokens_become_an_extra_retain_sequence():
-    labels = torch.tensor([
-        [X, 4, 5, 6],  # targets 1, 2, 3
-        [X, X, 7, 8],  # targets 2, 3
-        [X, X, 9, X],  # retain: target 2
-    ])
-    ce = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
-    weight = torch.zeros(3, 4)
-    weight[0, 1], weight[0, 3] = 1.0, 1.0  # row 0 keeps position 2 (ce 2.0)
-    weight[1, 2], weight[1, 3] = 1.0, 1.0  # row 1 forgets everything
-    weight[2, 2] = 1.0  # a retain row's weight means nothing
-    ref = torch.zeros(3, 4)
-    ref[0, 1], ref[0, 2], ref[0, 3], ref[1, 2], ref[1, 3] = 0.25, 100.0, 0.5, 1.0, 2.0
-    inputs = {"labels": labels, "forget_rows": torch.tensor(2), "ref_ce": ref, "forget_weight": weight}
-    batch = batch_from_rows(ce, inputs)
-    torch.testing.assert_close(batch.forget_nll, torch.tensor([1.0 + 4.0, 8.0 + 16.0]))
-    torch.testing.assert_close(batch.forget_len, torch.tensor([2.0, 2.0]))
-    torch.testing.assert_close(batch.forget_ref_nll, torch.tensor([0.75, 3.0]))  # kept token's ref left out
-    # the real retain row first, then row 0's kept token as one extra sequence
-    torch.testing.assert_close(batch.retain_nll, torch.tensor([32.0, 2.0]))
-    torch.testing.assert_close(batch.retain_len, torch.tensor([1.0, 1.0]))
-
-
-def test_batch_from_rows_without_retain_rows():
-    labels = torch.tensor([[X, 3, 4], [X, X, 5]])
-    inputs = {"labels": labels, "forget_rows": torch.tensor(2), "ref_ce": torch.zeros(2, 3),
-              "forget_weight": torch.ones(2, 3)}
-    batch = batch_from_rows(torch.tensor([1.0, 2.0, 3.0]), inputs)
-    torch.testing.assert_close(batch.forget_nll, torch.tensor([3.0, 3.0]))
-    assert batch.retain_nll is None and batch.retain_len is None
+    polarity = torch.zeros(4, 5, dtype=torch.long)
+    polarity[0, 2], polarity[0, 3], polarity[1, 1] = -1, 1, -1  # row 0 keeps position 3 like retain data
+    polarity[2, 2:], polarity[3, 3] = 1, 1
+    base = torch.zeros(4, 5)
+    base[0, 2], base[0, 3], base[1, 1] = 0.5, 1.5, 3.0
+    flat = flat_token_batch({"labels": labels, "polarity": polarity, "base_ce": base})
+    assert flat.seq.tolist() == [0, 0, 1, 2, 2, 2, 3]  # (row, position) order, as response_token_ce's
+    assert flat.polarity.tolist() == [-1, 1, -1, 1, 1, 1, 1]
+    assert flat.base_ce.tolist() == [0.5, 1.5, 3.0, 0.0, 0.0, 0.0, 0.0]
+    ce = torch.tensor([1.0, 2.0, 4.0, 10.0, 20.0, 30.0, 100.0])
+    nll, length = forget_sequences(ce, flat)
+    assert nll.tolist() == [1.0, 4.0] and length.tolist() == [1.0, 1.0]
+    assert forget_base_nll(ce, flat, "npo").tolist() == [0.5, 3.0]
+    assert retain_mean(ce, flat).item() == pytest.approx((2.0 + 10.0 + 20.0 + 30.0 + 100.0) / 5)
 
 
 # --- collation --------------------------------------------------------------------------------------------------
@@ -123,45 +94,42 @@ def test_batch_from_rows_without_retain_rows():
 def test_collator_puts_forget_rows_first_with_features_on_response_positions():
     forget = [Example("f0", [1, 10, 11, 12], [X, X, 11, 12], []), Example("f1", [1, 13, 14], [X, X, 14], [])]
     retain = [Example("r0", [1, 20, 21, 22, 23], [X, X, X, 22, 23], [])]
-    ref_ce = np.array([0.5, 1.5, 2.5], np.float32)
-    weight = np.array([1.0, 0.0, 1.0], np.float32)
-    f_feats = unlearn_features(forget, ref_ce, weight)
+    base_ce = np.array([0.5, 1.5, 2.5], np.float32)
+    selected = np.array([1.0, 0.0, 1.0], np.float32)  # f0's second token is kept like retain data
+    f_feats = unlearn_features(forget, base_ce, selected)
     r_feats = unlearn_features(retain)
-    assert f_feats[0]["ref_ce"] == [0.0, 0.0, 0.5, 1.5] and f_feats[0]["forget_weight"] == [0.0, 0.0, 1.0, 0.0]
-    assert f_feats[1]["ref_ce"] == [0.0, 0.0, 2.5] and f_feats[1]["forget_weight"] == [0.0, 0.0, 1.0]
-    assert r_feats[0]["ref_ce"] == [0.0] * 5 and r_feats[0]["forget_weight"] == [0.0] * 5
+    assert f_feats[0]["base_ce"] == [0.0, 0.0, 0.5, 1.5] and f_feats[0]["polarity"] == [0, 0, -1, 1]
+    assert f_feats[1]["base_ce"] == [0.0, 0.0, 2.5] and f_feats[1]["polarity"] == [0, 0, -1]
+    assert r_feats[0]["base_ce"] == [0.0] * 5 and r_feats[0]["polarity"] == [0, 0, 0, 1, 1]
 
     dataset = ForgetRetainDataset(f_feats, r_feats)
     assert len(dataset) == 2
     items = [dataset[0], dataset[1]]
     assert all(it["retain"] is r_feats[0] for it in items)
     batch = ForgetRetainCollator(pad_token_id=0)(items)
-    assert int(batch["forget_rows"]) == 2
     assert batch["input_ids"].tolist() == [
         [1, 10, 11, 12, 0], [1, 13, 14, 0, 0], [1, 20, 21, 22, 23], [1, 20, 21, 22, 23]]
     assert batch["labels"].tolist() == [
         [X, X, 11, 12, X], [X, X, 14, X, X], [X, X, X, 22, 23], [X, X, X, 22, 23]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1] * 5, [1] * 5]
-    torch.testing.assert_close(batch["ref_ce"], torch.tensor(
+    torch.testing.assert_close(batch["base_ce"], torch.tensor(
         [[0, 0, 0.5, 1.5, 0], [0, 0, 2.5, 0, 0], [0] * 5, [0] * 5], dtype=torch.float32))
-    torch.testing.assert_close(batch["forget_weight"], torch.tensor(
-        [[0, 0, 1.0, 0, 0], [0, 0, 1.0, 0, 0], [0] * 5, [0] * 5], dtype=torch.float32))
+    assert batch["polarity"].tolist() == [[0, 0, -1, 1, 0], [0, 0, -1, 0, 0], [0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
 
-    # the collated batch splits back into the right sums
+    # the collated batch flattens into the right sums
     ce = torch.arange(1.0, 8.0)  # targets: row0 pos 2, 3; row1 pos 2; rows 2, 3 pos 3, 4
-    split = batch_from_rows(ce, batch)
-    torch.testing.assert_close(split.forget_nll, torch.tensor([1.0, 3.0]))
-    torch.testing.assert_close(split.forget_ref_nll, torch.tensor([0.5, 2.5]))
-    torch.testing.assert_close(split.retain_nll, torch.tensor([4.0 + 5.0, 6.0 + 7.0, 2.0]))
-    torch.testing.assert_close(split.retain_len, torch.tensor([2.0, 2.0, 1.0]))
+    flat = flat_token_batch(batch)
+    assert forget_sequences(ce, flat)[0].tolist() == [1.0, 3.0]
+    assert forget_base_nll(ce, flat, "npo").tolist() == [0.5, 2.5]
+    assert retain_mean(ce, flat).item() == pytest.approx((2.0 + 4.0 + 5.0 + 6.0 + 7.0) / 5)
 
 
 def test_dataset_without_retain_has_forget_items_only():
     forget = [Example("f0", [1, 10, 11], [X, X, 11], [])]
-    dataset = ForgetRetainDataset(unlearn_features(forget), None)
+    dataset = ForgetRetainDataset(unlearn_features(forget, forget=np.ones(1)), None)
     assert set(dataset[0]) == {"forget"}
     batch = ForgetRetainCollator(0)([dataset[0]])
-    assert int(batch["forget_rows"]) == 1 and batch["input_ids"].shape == (1, 3)
+    assert batch["input_ids"].shape == (1, 3) and batch["polarity"].tolist() == [[0, 0, -1]]
 
 
 # --- the CLI, every method --------------------------------------------------------------------------------------

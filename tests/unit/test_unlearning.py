@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from forgetune import ForgetuneError, unlearning
-from forgetune.unlearning import UnlearnBatch, apply_surgery, l1_penalty, prune, surgery_direction
+from forgetune.objectives import TokenBatch
+from forgetune.unlearning import apply_surgery, l1_penalty, prune, surgery_direction
+from forgetune.unlearning.base import forget_base_nll, forget_mean, forget_sequences, retain_mean
 
 LN2 = math.log(2.0)
 ALL_METHODS = ("constrained", "constrained-surgery", "ga", "graddiff", "l1sparse", "npo", "simnpo")
@@ -28,7 +30,18 @@ def grad_of(loss: torch.Tensor, x: torch.Tensor) -> list[float]:
     return torch.autograd.grad(loss, x, retain_graph=True)[0].tolist()
 
 
-# ---------------------------------------------------------------- registry and batch
+def tokens(forget, retain=(), base=None, grad: bool = False) -> tuple[torch.Tensor, TokenBatch]:
+    """Flat CE and its TokenBatch from per-sequence lists of token CEs: forget rows first (polarity -1), then retain
+    rows (+1); `base`: the forget tokens' CE under the starting model, per forget row."""
+    rows = [*forget, *retain]
+    ce = torch.tensor([x for row in rows for x in row], dtype=torch.float64, requires_grad=grad)
+    n_forget, n_retain = sum(map(len, forget)), sum(map(len, retain))
+    base_ce = None if base is None else t([x for row in base for x in row] + [0.0] * n_retain)
+    return ce, TokenBatch(polarity=torch.tensor([-1] * n_forget + [1] * n_retain), base_ce=base_ce,
+                          seq=torch.tensor([i for i, row in enumerate(rows) for _ in row]))
+
+
+# ---------------------------------------------------------------- registry and sequence sums
 
 
 def test_registry_lists_every_method_and_refuses_unknown_names():
@@ -39,113 +52,97 @@ def test_registry_lists_every_method_and_refuses_unknown_names():
         unlearning.build("nope")
 
 
-def test_batch_validates_shapes():
-    with pytest.raises(ValueError, match="forget_nll and forget_len"):
-        UnlearnBatch(t([1.0, 2.0]), t([1.0]))
-    with pytest.raises(ValueError, match="together"):
-        UnlearnBatch(t([1.0]), t([1.0]), retain_nll=t([1.0]))
-    with pytest.raises(ValueError, match="forget_ref_nll"):
-        UnlearnBatch(t([1.0]), t([1.0]), forget_ref_nll=t([1.0, 2.0]))
+def test_forget_sequences_sum_each_rows_forget_tokens_and_kept_tokens_count_as_retain():
+    """Row 0: ce 1, 2, 3 with polarity -1, +1, -1 (token 2 kept) -> forget 1 + 3 = 4 over 2 tokens.
+    Row 1: ce 5, forget -> 5 over 1. Row 2: retain ce 1, 3. Retain tokens: 2 (row 0) + 1 + 3 = 6 over 3 -> mean 2.
+    Base ce 0.5 per forget-row token -> base sums 0.5 + 0.5 = 1 and 0.5 (the kept token's left out)."""
+    ce = t([1.0, 2.0, 3.0, 5.0, 1.0, 3.0])
+    batch = TokenBatch(polarity=torch.tensor([-1, 1, -1, -1, 1, 1]), base_ce=t([0.5] * 4 + [0.0] * 2),
+                       seq=torch.tensor([0, 0, 0, 1, 2, 2]))
+    nll, length = forget_sequences(ce, batch)
+    assert nll.tolist() == [4.0, 5.0] and length.tolist() == [2.0, 1.0]
+    assert forget_base_nll(ce, batch, "npo").tolist() == [1.0, 0.5]
+    assert forget_mean(ce, batch).item() == pytest.approx(9.0 / 3)
+    assert retain_mean(ce, batch).item() == pytest.approx(2.0)
 
 
-def test_from_tokens_folds_token_weights_into_forget_and_retain_sums():
-    """Forget seq 0: tokens ce 1, 2, 3 with weights 1, 0, 1 -> forget nll 1 + 3 = 4 over 2 tokens, kept 2 over 1.
-    Forget seq 1: ce 5 with weight 0.5 -> forget 2.5 over 0.5, kept 2.5 over 0.5.
-    Ref ce 0.5 per token -> ref nll 0.5 + 0.5 = 1 and 0.25. Retain seq: ce 1, 3 -> 4 over 2 tokens, first in retain."""
-    batch = UnlearnBatch.from_tokens(
-        forget_ce=t([1.0, 2.0, 3.0, 5.0]),
-        forget_seq=torch.tensor([0, 0, 0, 1]),
-        forget_token_weight=t([1.0, 0.0, 1.0, 0.5]),
-        forget_ref_ce=t([0.5, 0.5, 0.5, 0.5]),
-        retain_ce=t([1.0, 3.0]),
-        retain_seq=torch.tensor([0, 0]),
-    )
-    assert batch.forget_nll.tolist() == [4.0, 2.5]
-    assert batch.forget_len.tolist() == [2.0, 0.5]
-    assert batch.forget_ref_nll.tolist() == [1.0, 0.25]
-    assert batch.retain_nll.tolist() == [4.0, 2.0, 2.5]
-    assert batch.retain_len.tolist() == [2.0, 1.0, 0.5]
-
-
-def test_from_tokens_drops_sequences_with_no_forget_weight_and_defaults_to_all_forget():
-    """Seq 0 is all kept (weights 0) -> only seq 1 forgets; seq 0 becomes retain data (ce 1 + 2 = 3 over 2)."""
-    batch = UnlearnBatch.from_tokens(t([1.0, 2.0, 4.0]), torch.tensor([0, 0, 1]), t([0.0, 0.0, 1.0]))
-    assert batch.forget_nll.tolist() == [4.0] and batch.forget_len.tolist() == [1.0]
-    assert batch.retain_nll.tolist() == [3.0] and batch.retain_len.tolist() == [2.0]
-    plain = UnlearnBatch.from_tokens(t([1.0, 2.0, 4.0]), torch.tensor([0, 0, 1]))
-    assert plain.forget_nll.tolist() == [3.0, 4.0] and plain.retain_nll is None
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        UnlearnBatch.from_tokens(t([1.0]), torch.tensor([0]), t([1.5]))
+def test_rows_without_forget_tokens_are_left_out_and_a_batch_without_any_is_refused():
+    """Row 0 is all kept (+1) -> only row 1 forgets; row 0 is retain data."""
+    ce = t([1.0, 2.0, 4.0])
+    batch = TokenBatch(polarity=torch.tensor([1, 1, -1]), seq=torch.tensor([0, 0, 1]))
+    nll, length = forget_sequences(ce, batch)
+    assert nll.tolist() == [4.0] and length.tolist() == [1.0]
+    assert retain_mean(ce, batch).item() == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="no forget token"):
+        forget_sequences(ce, TokenBatch(polarity=torch.tensor([1, 1, 0]), seq=torch.tensor([0, 0, 1])))
 
 
 # ---------------------------------------------------------------- losses by hand
 
-FORGET_NLL, FORGET_LEN = [2.0, 6.0], [1.0, 3.0]  # per-token forget NLL = (2 + 6) / (1 + 3) = 2
-RETAIN_NLL, RETAIN_LEN = [3.0], [2.0]  # per-token retain NLL = 1.5
+FORGET = [[2.0], [2.0, 2.0, 2.0]]  # per-sequence NLL 2 and 6 over 1 and 3 tokens: per-token forget NLL 8 / 4 = 2
+RETAIN = [[1.0, 2.0]]  # per-token retain NLL 1.5
 
 
 def test_ga_is_minus_the_per_token_forget_nll_and_pushes_it_up():
-    """loss = -(2 + 6) / 4 = -2; d loss / d nll_i = -1/4 < 0, so descent raises every forget NLL."""
-    nll = leaf(FORGET_NLL)
-    loss, metrics = unlearning.build("ga")(UnlearnBatch(nll, t(FORGET_LEN)))
+    """loss = -(2 + 6) / 4 = -2; d loss / d ce_i = -1/4 < 0 for each forget token, so descent raises every one."""
+    ce, batch = tokens(FORGET, grad=True)
+    loss, metrics = unlearning.build("ga")(ce, batch)
     assert loss.item() == pytest.approx(-2.0)
     assert metrics["forget_nll"] == pytest.approx(2.0)
-    assert grad_of(loss, nll) == pytest.approx([-0.25, -0.25])
+    assert grad_of(loss, ce) == pytest.approx([-0.25] * 4)
 
 
 def test_graddiff_adds_the_weighted_retain_nll_and_pushes_it_down():
-    """loss = -2 + 0.5 * 3 / 2 = -1.25; d/d forget_nll_i = -1/4; d/d retain_nll = 0.5 / 2 = 0.25 > 0."""
-    nll, retain = leaf(FORGET_NLL), leaf(RETAIN_NLL)
-    loss, metrics = unlearning.build("graddiff", retain_weight=0.5)(
-        UnlearnBatch(nll, t(FORGET_LEN), retain, t(RETAIN_LEN))
-    )
+    """loss = -2 + 0.5 * 3 / 2 = -1.25; d/d forget ce_i = -1/4; d/d retain ce_j = 0.5 / 2 = 0.25 > 0."""
+    ce, batch = tokens(FORGET, RETAIN, grad=True)
+    loss, metrics = unlearning.build("graddiff", retain_weight=0.5)(ce, batch)
     assert loss.item() == pytest.approx(-1.25)
     assert metrics["retain_nll"] == pytest.approx(1.5)
-    assert grad_of(loss, nll) == pytest.approx([-0.25, -0.25])
-    assert grad_of(loss, retain) == pytest.approx([0.25])
+    assert grad_of(loss, ce) == pytest.approx([-0.25] * 4 + [0.25] * 2)
 
 
 def test_a_retain_term_without_retain_data_is_refused():
-    with pytest.raises(ValueError, match="no retain_nll"):
-        unlearning.build("graddiff")(UnlearnBatch(t(FORGET_NLL), t(FORGET_LEN)))
+    with pytest.raises(ValueError, match="no retain token"):
+        unlearning.build("graddiff")(*tokens(FORGET))
 
 
 def test_npo_by_hand_and_its_gradient_raises_the_forget_nll():
-    """beta 0.1, NLL_theta = [5, 3], NLL_ref = [4, 3]:
+    """beta 0.1, sequence NLL_theta = [5, 3] (tokens 2.5 + 2.5, 1.5 + 1.5), NLL_ref = [4, 3]:
     seq 0: -(2/0.1) log sigmoid(0.1 * 1) = 20 * log(1 + e^-0.1) = 12.887933;  seq 1: 20 * log 2 = 13.862944.
     mean = 13.375438. d/d nll_i = -(2/beta) (1 - sigmoid(beta diff_i)) beta / 2 = -(1 - sigmoid(beta diff_i)):
-    -(1 - sigmoid(0.1)) = -0.475021 and -0.5. The reference gets no gradient."""
-    nll, ref = leaf([5.0, 3.0]), leaf([4.0, 3.0])
-    loss, _ = unlearning.build("npo", beta=0.1, retain_weight=0.0)(UnlearnBatch(nll, t([2.0, 2.0]), forget_ref_nll=ref))
+    -(1 - sigmoid(0.1)) = -0.475021 and -0.5, the same for each token of the sequence. The base CE gets no gradient."""
+    ce, batch = tokens([[2.5, 2.5], [1.5, 1.5]], base=[[2.0, 2.0], [1.5, 1.5]], grad=True)
+    batch.base_ce.requires_grad_(True)
+    loss, _ = unlearning.build("npo", beta=0.1, retain_weight=0.0)(ce, batch)
     assert loss.item() == pytest.approx(13.375438406, rel=1e-8)
-    assert grad_of(loss, nll) == pytest.approx([-0.475020813, -0.5], rel=1e-7)
+    assert grad_of(loss, ce) == pytest.approx([-0.475020813] * 2 + [-0.5] * 2, rel=1e-7)
     loss.backward()
-    assert ref.grad is None
+    assert batch.base_ce.grad is None
 
 
-def test_npo_at_the_reference_is_two_over_beta_log_two_plus_retain():
-    """theta == ref: every term is -(2/beta) log(1/2) = (2/beta) log 2 = 13.862944 at beta 0.1; retain adds 1 * 1.5."""
-    batch = UnlearnBatch(t([5.0, 3.0]), t([2.0, 2.0]), t(RETAIN_NLL), t(RETAIN_LEN), forget_ref_nll=t([5.0, 3.0]))
-    loss, metrics = unlearning.build("npo")(batch)
+def test_npo_at_the_starting_model_is_two_over_beta_log_two_plus_retain():
+    """theta == base: every term is -(2/beta) log(1/2) = (2/beta) log 2 = 13.862944 at beta 0.1; retain adds 1 * 1.5."""
+    ce, batch = tokens([[5.0], [3.0]], RETAIN, base=[[5.0], [3.0]])
+    loss, metrics = unlearning.build("npo")(ce, batch)
     assert metrics["forget_term"] == pytest.approx(2 / 0.1 * LN2)
     assert loss.item() == pytest.approx(2 / 0.1 * LN2 + 1.5)
-    with pytest.raises(ValueError, match="forget_ref_nll"):
-        unlearning.build("npo")(UnlearnBatch(t([1.0]), t([1.0]), t([1.0]), t([1.0])))
+    with pytest.raises(ValueError, match="needs base_ce"):
+        unlearning.build("npo")(*tokens([[1.0]], [[1.0]]))
 
 
 def test_simnpo_by_hand_and_its_gradient_raises_the_forget_nll():
     """beta 4.5, delta 0.1, NLL = [0.2, 0.9] over [1, 3] tokens -> per token 0.2, 0.3 -> beta (x - delta) = 0.45, 0.9.
     terms (2/4.5) log(1 + e^-0.45) = 0.219222, (2/4.5) log(1 + e^-0.9) = 0.151624; mean 0.185423.
     d/d nll_i = -(1 - sigmoid(beta (x_i - delta))) / len_i (the 2/beta, beta and 1/B = 1/2 cancel to 1):
-    -(1 - sigmoid(0.45)) / 1 = -0.389361, -(1 - sigmoid(0.9)) / 3 = -0.096350."""
-    nll = leaf([0.2, 0.9])
-    loss, _ = unlearning.build("simnpo", delta=0.1, retain_weight=0.0)(UnlearnBatch(nll, t([1.0, 3.0])))
+    -(1 - sigmoid(0.45)) / 1 = -0.389361, -(1 - sigmoid(0.9)) / 3 = -0.096350, for each token of the sequence."""
+    ce, batch = tokens([[0.2], [0.3, 0.3, 0.3]], grad=True)
+    loss, _ = unlearning.build("simnpo", delta=0.1, retain_weight=0.0)(ce, batch)
     assert loss.item() == pytest.approx(0.185422849, rel=1e-7)
-    assert grad_of(loss, nll) == pytest.approx([-0.389360766, -0.096350166], rel=1e-7)
+    assert grad_of(loss, ce) == pytest.approx([-0.389360766] + [-0.096350166] * 3, rel=1e-7)
 
 
 def test_simnpo_default_delta_zero_at_zero_nll_is_two_over_beta_log_two():
-    loss, _ = unlearning.build("simnpo", retain_weight=0.0)(UnlearnBatch(t([0.0]), t([4.0])))
+    loss, _ = unlearning.build("simnpo", retain_weight=0.0)(*tokens([[0.0] * 4]))
     assert loss.item() == pytest.approx(2 / 4.5 * LN2)
 
 
@@ -195,12 +192,14 @@ def test_apply_surgery_writes_the_direction_into_grad():
 
 
 def test_constrained_surgery_method_backward_from_a_batch():
-    """GA forget term -nll_f and retain term nll_r; with nll_f = theta_0, nll_r = -theta_0/2 + sqrt3/2 theta_1 (len 1)
-    g_f = (-1, 0), g_r = (-1/2, sqrt3/2): <g_r, g_f> = 1/2 > 0 -> lambda* = 0 and d = g_f."""
+    """GA forget term -nll_f and retain term nll_r; with nll_f = theta_0, nll_r = -theta_0/2 + sqrt3/2 theta_1 (one
+    token each) g_f = (-1, 0), g_r = (-1/2, sqrt3/2): <g_r, g_f> = 1/2 > 0 -> lambda* = 0 and d = g_f."""
     theta = torch.ones(2, dtype=torch.float64, requires_grad=True)
-    retain = (COS120 * theta[0] + SIN120 * theta[1]).reshape(1)
-    batch = UnlearnBatch(theta[0].reshape(1), t([1.0]), retain, t([1.0]))
-    metrics = unlearning.build("constrained-surgery", max_norm=None).backward([theta], batch)
+    ce = torch.stack([theta[0], COS120 * theta[0] + SIN120 * theta[1]])
+    batch = TokenBatch(polarity=torch.tensor([-1, 1]), seq=torch.tensor([0, 1]))
+    method = unlearning.build("constrained-surgery", max_norm=None)
+    assert method.writes_gradients
+    metrics = method.backward([theta], ce, batch)
     assert theta.grad.tolist() == pytest.approx([-1.0, 0.0])
     assert metrics["lambda"] == 0.0
 
@@ -314,11 +313,9 @@ def test_implicit_constrained_call_updates_w_from_consecutive_batches():
     """First call: npo at theta == ref is 20 log 2, retain 1 -> loss log(20 log 2) + 1 * log 1, w stays 1.
     Second call, retain e^0.2: w = 1 + 5 * 0.2 = 2, loss log(20 log 2) + 2 * 0.2."""
     method = unlearning.build("constrained", forget="npo")
-    batch = UnlearnBatch(t([3.0]), t([1.0]), t([1.0]), t([1.0]), forget_ref_nll=t([3.0]))
-    loss, metrics = method(batch)
+    loss, metrics = method(*tokens([[3.0]], [[1.0]], base=[[3.0]]))
     assert loss.item() == pytest.approx(math.log(20 * LN2)) and metrics["retain_weight"] == 1.0
-    batch.retain_nll = t([math.exp(0.2)])
-    loss, metrics = method(batch)
+    loss, metrics = method(*tokens([[3.0]], [[math.exp(0.2)]], base=[[3.0]]))
     assert metrics["retain_weight"] == pytest.approx(2.0)
     assert loss.item() == pytest.approx(math.log(20 * LN2) + 0.4)
 
@@ -342,10 +339,10 @@ def test_l1sparse_wraps_another_method_against_the_initial_parameters():
     method = unlearning.build("l1sparse", parameters=[theta], inner="ga", alpha=0.5)
     with torch.no_grad():
         theta[0] = 2.0
-    loss, metrics = method(UnlearnBatch(t(FORGET_NLL), t(FORGET_LEN)), 0.5)
+    loss, metrics = method(*tokens(FORGET), 0.5)
     assert loss.item() == pytest.approx(-2.0 + 0.25)
     assert metrics["l1"] == pytest.approx(0.25) and metrics["alpha"] == pytest.approx(0.25)
-    loss, metrics = method(UnlearnBatch(t(FORGET_NLL), t(FORGET_LEN)), 1.0)
+    loss, metrics = method(*tokens(FORGET), 1.0)
     assert metrics["l1"] == 0.0
 
 

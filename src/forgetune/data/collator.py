@@ -11,8 +11,7 @@ import torch
 from forgetune.data.formats import IGNORE_INDEX, Example
 
 # Per-position fields, aligned with input_ids, and the value used for padding.
-TOKEN_FIELDS = {"input_ids": None, "labels": IGNORE_INDEX, "polarity": 0, "base_ce": 0.0, "ref_ce": 0.0,
-                "forget_weight": 0.0}
+TOKEN_FIELDS = {"input_ids": None, "labels": IGNORE_INDEX, "polarity": 0, "base_ce": 0.0}
 
 
 def response_positions(labels: Sequence[int]) -> np.ndarray:
@@ -35,7 +34,7 @@ def make_features(
     **token_values: np.ndarray,
 ) -> list[dict[str, Any]]:
     """Training features: flat per-token arrays (corpus order) are spread onto each example once, up front.
-    `token_values`: more of them by their TOKEN_FIELDS name (unlearning's ref_ce and forget_weight)."""
+    `token_values`: more of them by their TOKEN_FIELDS name."""
     arrays = {k: v for k, v in {"polarity": polarity, "base_ce": base_ce, **token_values}.items() if v is not None}
     features = []
     for i, ex in enumerate(examples):

@@ -1,4 +1,6 @@
-"""What every objective receives: per-token CE of the response tokens and their per-token labels, all flat."""
+"""The one loss protocol: every SFT objective and every unlearning method is `loss(ce, tokens, progress)` over the flat
+per-token CE of a batch's response tokens and their per-token labels; it returns (loss, metrics). Metrics may be
+tensors: the trainer detaches them and turns them into numbers only when it logs (no sync per step)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,22 @@ from forgetune.schedules import linear_ramp
 
 @dataclass
 class TokenBatch:
-    """Flat (N,) tensors aligned with the CE vector: one entry per response token of the batch."""
+    """Flat (N,) tensors aligned with the CE vector: one entry per response token of the batch, in (row, position)
+    order. Unlearning is forgetting where the polarity comes from the set a token's example belongs to (forget -1,
+    retain +1) instead of from scores, so both kinds of loss read the same fields."""
 
-    polarity: torch.Tensor | None = None  # +1 positive, -1 negative, 0 ignored (from the partition)
-    base_ce: torch.Tensor | None = None  # CE of the frozen base model on the same token (from scoring)
+    polarity: torch.Tensor | None = None  # +1 learn / retain, -1 forget, 0 ignored (partition, or forget/retain set)
+    base_ce: torch.Tensor | None = None  # CE of the frozen starting model on the same token (scored once, up front)
+    seq: torch.Tensor | None = None  # the row of the batch each token belongs to: sequence-level losses sum by it
+
+    def sequence_sums(self, values: torch.Tensor, select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of `values` over the selected tokens, their count) per sequence holding at least one of them."""
+        weight = select.to(values.dtype)
+        count = int(self.seq.max()) + 1 if self.seq.numel() else 0
+        length = torch.zeros(count, dtype=values.dtype, device=values.device).index_add(0, self.seq, weight)
+        sums = torch.zeros(count, dtype=values.dtype, device=values.device).index_add(0, self.seq, weight * values)
+        rows = length > 0
+        return sums[rows], length[rows]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -26,11 +40,16 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Objective:
-    """Base class: `__call__(ce, tokens, progress) -> (loss, metrics)`; progress = step / total steps in [0, 1]."""
+    """Base class: `__call__(ce, tokens, progress) -> (loss, metrics)`; progress = step / total steps in [0, 1].
+
+    An update rule that is not a loss (explicit gradient surgery) declares `writes_gradients` and implements
+    `backward(parameters, ce, tokens, progress) -> metrics`, writing `.grad` itself; the trainer then clips and
+    applies it like any gradient."""
 
     name: ClassVar[str] = ""
     needs_partition: ClassVar[bool] = False
     needs_base_ce: ClassVar[bool] = False
+    writes_gradients: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Objective:
@@ -38,6 +57,10 @@ class Objective:
 
     def __call__(self, ce: torch.Tensor, tokens: TokenBatch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def backward(self, parameters: list[torch.Tensor], ce: torch.Tensor, tokens: TokenBatch,
+                 progress: float) -> dict[str, float]:
+        raise NotImplementedError(f"{self.name} is a loss: the trainer calls it and backpropagates")
 
 
 class PositiveNegativeObjective(Objective):
@@ -69,10 +92,10 @@ class PositiveNegativeObjective(Objective):
         else:
             loss = pos_ce + lam * neg_term
         return loss, {
-            "ce_pos": pos_ce.item(),
-            "ce_neg": masked_mean(ce.detach(), neg).item(),
-            "neg_term": neg_term.item(),
+            "ce_pos": pos_ce.detach(),
+            "ce_neg": masked_mean(ce.detach(), neg),
+            "neg_term": neg_term.detach(),
             "lambda": lam,
-            "tokens_pos": int(pos.sum()),
-            "tokens_neg": int(neg.sum()),
+            "tokens_pos": pos.sum(),
+            "tokens_neg": neg.sum(),
         }

@@ -64,10 +64,10 @@ class ForgetConstrained(Objective):
         else:
             loss = (ce * 0.0).sum()  # nothing scored: 0, still attached to the graph
         return loss, {
-            "ce_pos": pos_ce.item(),
-            "ce_neg": masked_mean(ce.detach(), neg).item(),
-            "neg_term": neg_term.item(),
+            "ce_pos": pos_ce.detach(),
+            "ce_neg": masked_mean(ce.detach(), neg),
+            "neg_term": neg_term.detach(),
             "constraint_weight": self.weight,
-            "tokens_pos": int(pos.sum()),
-            "tokens_neg": int(neg.sum()),
+            "tokens_pos": pos.sum(),
+            "tokens_neg": neg.sum(),
         }

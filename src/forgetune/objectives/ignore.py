@@ -11,4 +11,4 @@ class Ignore(Objective):
     def __call__(self, ce, tokens, progress):
         pos = tokens.polarity == 1
         loss = masked_mean(ce, pos)
-        return loss, {"ce_pos": loss.item(), "tokens_pos": int(pos.sum())}
+        return loss, {"ce_pos": loss.detach(), "tokens_pos": pos.sum()}

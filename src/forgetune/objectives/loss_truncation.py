@@ -29,4 +29,4 @@ class LossTruncation(Objective):
         if dropped:
             keep[torch.topk(ce.detach(), dropped).indices] = False
         loss = masked_mean(ce, keep)
-        return loss, {"ce_pos": loss.item(), "tokens_pos": int(keep.sum()), "tokens_dropped": dropped}
+        return loss, {"ce_pos": loss.detach(), "tokens_pos": keep.sum(), "tokens_dropped": dropped}

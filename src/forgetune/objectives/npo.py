@@ -4,12 +4,12 @@ Negative term per token: -(2 / beta) * log sigmoid(-beta * (log p_theta - log p_
                        = -(2 / beta) * log sigmoid(beta * (CE_theta - CE_base)).
 It equals (2 / beta) * log 2 at the start (theta = base) and decays to 0 as the token is pushed below the base
 probability, so it cannot diverge. CE_base comes from the scoring stage and travels in the batch: no second model.
+The term is unlearning's `npo` (`forgetune.unlearning.npo.npo_loss`) with every negative token its own sequence.
 """
-
-import torch.nn.functional as F
 
 from forgetune.objectives import register
 from forgetune.objectives.base import PositiveNegativeObjective
+from forgetune.unlearning.npo import npo_loss
 
 
 @register("forget-npo")
@@ -25,4 +25,4 @@ class ForgetNPO(PositiveNegativeObjective):
         return cls(cfg.lambda_min, cfg.lambda_max, cfg.negative_mean, beta=cfg.npo_beta)
 
     def negative_term(self, ce, tokens):
-        return -(2.0 / self.beta) * F.logsigmoid(self.beta * (ce - tokens.base_ce))
+        return npo_loss(ce, tokens.base_ce, self.beta)

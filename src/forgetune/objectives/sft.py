@@ -8,4 +8,4 @@ from forgetune.objectives.base import Objective
 class SFT(Objective):
     def __call__(self, ce, tokens, progress):
         loss = ce.mean() if ce.numel() else ce.sum()
-        return loss, {"ce": loss.item()}
+        return loss, {"ce": loss.detach()}

@@ -1,13 +1,14 @@
 """Machine-unlearning losses and update rules, registered by name (open-unlearning's vocabulary: forget / retain).
 
-Adding a method = one file here with `@register("name")`. Every method reads an `UnlearnBatch` of per-sequence
-NLLs, so it sits on the same per-token CE the SFT objectives use; losses are called as
-`loss, metrics = method(batch, progress)`. `constrained-surgery` is an update rule instead (two backward passes):
-`metrics = method.backward(parameters, batch)` writes `.grad`.
+Adding a method = one file here with `@register("name")`. Every method is a loss of the SFT objectives' protocol,
+`loss, metrics = method(ce, tokens, progress)` over flat per-token CE and a `TokenBatch` whose polarity is -1 on
+forget tokens and +1 on retain tokens. `constrained-surgery` is an update rule instead (two backward passes), declared
+with `writes_gradients`: `metrics = method.backward(parameters, ce, tokens, progress)` writes `.grad`.
 
     from forgetune import unlearning
+    from forgetune.objectives import TokenBatch
     method = unlearning.build("npo", beta=0.1, retain_weight=1.0)
-    loss, metrics = method(unlearning.UnlearnBatch(forget_nll, forget_len, retain_nll, retain_len, ref_nll), 0.3)
+    loss, metrics = method(ce, TokenBatch(polarity=polarity, base_ce=base_ce, seq=row_of_each_token), 0.3)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from forgetune.registry import Registry
-from forgetune.unlearning.base import UnlearnBatch, UnlearnMethod, token_mean
+from forgetune.unlearning.base import UnlearnMethod, token_mean
 
 _registry = Registry(__name__, __path__, "unlearning method")
 REGISTRY = _registry.classes
@@ -34,7 +35,6 @@ from forgetune.unlearning.l1sparse import l1_penalty, prune  # noqa: E402
 from forgetune.unlearning.surgery import apply_surgery, surgery_direction  # noqa: E402
 
 __all__ = [
-    "UnlearnBatch",
     "UnlearnMethod",
     "apply_surgery",
     "build",

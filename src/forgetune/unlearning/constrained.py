@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
+from forgetune.objectives.base import Objective, TokenBatch
 from forgetune.unlearning import build, register
-from forgetune.unlearning.base import UnlearnBatch
+from forgetune.unlearning.base import forget_mean, retain_mean
 
 
 class ImplicitConstraint:
@@ -77,9 +78,9 @@ class ImplicitConstraint:
 
 
 @register("constrained")
-class ImplicitConstrained(ImplicitConstraint):
-    """`loss(L_f, L_r)` and `update(L_r_prev, L_r_new)` for a hand-written loop; `__call__(batch, progress)` for the
-    trainer, which runs `update` itself with the previous call's retain loss (consecutive batches' retain NLL)."""
+class ImplicitConstrained(ImplicitConstraint, Objective):
+    """`loss(L_f, L_r)` and `update(L_r_prev, L_r_new)` for a hand-written loop; `__call__(ce, tokens, progress)` for
+    the trainer, which runs `update` itself with the previous call's retain loss (consecutive batches' retain NLL)."""
 
     def __init__(
         self,
@@ -100,16 +101,17 @@ class ImplicitConstrained(ImplicitConstraint):
         super().__init__(weight, eta, eps, forget_floor, retain_floor, min_weight)
         self._previous_retain: float | None = None
 
-    def __call__(self, batch: UnlearnBatch, progress: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
-        forget, retain = self.forget.forget_term(batch), batch.retain_mean()
+    def __call__(self, ce: torch.Tensor, tokens: TokenBatch,
+                 progress: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
+        forget, retain = self.forget.forget_term(ce, tokens), retain_mean(ce, tokens)
         if self._previous_retain is not None:
             self.update(self._previous_retain, retain.item())
         self._previous_retain = retain.item()
         loss = self.loss(forget, retain)
         return loss, {
-            "forget_term": forget.item(),
-            "forget_nll": batch.forget_mean().item(),
-            "retain_nll": retain.item(),
+            "forget_term": forget.detach(),
+            "forget_nll": forget_mean(ce, tokens).detach(),
+            "retain_nll": retain.detach(),
             "retain_weight": self.weight,
-            "loss": loss.item(),
+            "loss": loss.detach(),
         }

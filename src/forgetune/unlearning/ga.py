@@ -2,7 +2,7 @@
 nothing holding it, the forget NLL (and the retain NLL with it) can grow without limit, hence GradDiff and NPO."""
 
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod
+from forgetune.unlearning.base import UnlearnMethod, forget_mean
 
 
 @register("ga")
@@ -10,5 +10,5 @@ class GradientAscent(UnlearnMethod):
     def __init__(self, retain_weight: float = 0.0):
         super().__init__(retain_weight)
 
-    def forget_term(self, batch):
-        return -batch.forget_mean()
+    def forget_term(self, ce, tokens):
+        return -forget_mean(ce, tokens)

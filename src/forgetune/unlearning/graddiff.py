@@ -2,7 +2,7 @@
 NLL means). The retain term anchors the model's utility while GA pushes the forget data away."""
 
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod
+from forgetune.unlearning.base import UnlearnMethod, forget_mean
 
 
 @register("graddiff")
@@ -10,5 +10,5 @@ class GradDiff(UnlearnMethod):
     def __init__(self, retain_weight: float = 1.0):  # 1.0: open-unlearning's default (alpha)
         super().__init__(retain_weight)
 
-    def forget_term(self, batch):
-        return -batch.forget_mean()
+    def forget_term(self, ce, tokens):
+        return -forget_mean(ce, tokens)

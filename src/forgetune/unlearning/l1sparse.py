@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from forgetune.objectives.base import Objective, TokenBatch
 from forgetune.schedules import linear_ramp
 from forgetune.unlearning import build, register
-from forgetune.unlearning.base import UnlearnBatch
 
 
 def l1_penalty(
@@ -28,7 +28,7 @@ def l1_penalty(
 
 
 @register("l1sparse")
-class L1Sparse:
+class L1Sparse(Objective):
     """Wraps `inner` (built with `inner_params`); snapshots theta_0 = `parameters` at construction (a copy: memory)."""
 
     def __init__(
@@ -43,14 +43,15 @@ class L1Sparse:
         self.initial = [p.detach().clone() for p in self.parameters]
         self.alpha = alpha
 
-    def __call__(self, batch: UnlearnBatch, progress: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss, metrics = self.inner(batch, progress)
+    def __call__(self, ce: torch.Tensor, tokens: TokenBatch,
+                 progress: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
+        loss, metrics = self.inner(ce, tokens, progress)
         penalty = l1_penalty(self.parameters, self.initial, progress, self.alpha)
         loss = loss + penalty
         return loss, metrics | {
-            "l1": penalty.item(),
+            "l1": penalty.detach(),
             "alpha": linear_ramp(progress, self.alpha, 0.0),
-            "loss": loss.item(),
+            "loss": loss.detach(),
         }
 
 

@@ -5,12 +5,23 @@ L_f = -(2 / beta) * mean_i log sigmoid(-beta * log(pi_theta(y_i) / pi_ref(y_i)))
 It is (2 / beta) * log 2 at theta = ref, its gradient w.r.t. NLL_theta is -2 * sigmoid(-beta * diff) < 0 (so
 minimising raises the forget NLL), and it decays to 0 as the forget data falls below the reference: bounded,
 unlike GA. Plus `retain_weight` times the per-token retain NLL.
+
+`npo_loss` is the term itself, written once: the SFT objective `forget-npo` applies it to each negative token.
 """
 
+from collections.abc import Callable
+
+import torch
 import torch.nn.functional as F
 
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod
+from forgetune.unlearning.base import UnlearnMethod, forget_base_nll, forget_sequences
+
+
+def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float,
+             reduce: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
+    """-(2 / beta) * reduce(log sigmoid(beta * (nll - ref_nll))): elementwise by default, `torch.mean` per batch."""
+    return -(2.0 / beta) * reduce(F.logsigmoid(beta * (nll - ref_nll)))
 
 
 @register("npo")
@@ -23,8 +34,6 @@ class NPO(UnlearnMethod):
             raise ValueError(f"npo beta must be > 0, got {beta}")
         self.beta = beta
 
-    def forget_term(self, batch):
-        if batch.forget_ref_nll is None:
-            raise ValueError("npo needs forget_ref_nll: the forget sequences' NLL under the frozen reference model")
-        diff = batch.forget_nll - batch.forget_ref_nll.detach()
-        return -(2.0 / self.beta) * F.logsigmoid(self.beta * diff).mean()
+    def forget_term(self, ce, tokens):
+        ref = forget_base_nll(ce, tokens, "npo")
+        return npo_loss(forget_sequences(ce, tokens)[0], ref, self.beta, torch.mean)

@@ -9,7 +9,7 @@ length normalisation stops long responses from dominating. Plus `retain_weight` 
 import torch.nn.functional as F
 
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod
+from forgetune.unlearning.base import UnlearnMethod, forget_sequences
 
 
 @register("simnpo")
@@ -22,6 +22,7 @@ class SimNPO(UnlearnMethod):
             raise ValueError(f"simnpo beta must be > 0, got {beta}")
         self.beta, self.delta = beta, delta
 
-    def forget_term(self, batch):
-        per_token = batch.forget_nll / batch.forget_len.clamp(min=1e-12)
+    def forget_term(self, ce, tokens):
+        nll, length = forget_sequences(ce, tokens)
+        per_token = nll / length.clamp(min=1e-12)
         return -(2.0 / self.beta) * F.logsigmoid(self.beta * (per_token - self.delta)).mean()

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from forgetune.objectives.base import Objective, TokenBatch
 from forgetune.unlearning import build, register
-from forgetune.unlearning.base import UnlearnBatch
+from forgetune.unlearning.base import forget_mean, retain_mean
 
 TINY = 1e-12  # keeps lambda* finite when g_r = 0 (then d = g_f whatever lambda* is)
 
@@ -74,19 +75,23 @@ def apply_surgery(
 
 
 @register("constrained-surgery")
-class ConstrainedSurgery:
-    """An update rule, not a loss: `backward(parameters, batch)` writes `.grad` from the `forget` method's forget
-    term and the per-token retain NLL. Any forget term works here (GA's -NLL included): nothing takes its log."""
+class ConstrainedSurgery(Objective):
+    """An update rule, not a loss: `backward(parameters, ce, tokens, progress)` writes `.grad` from the `forget`
+    method's forget term and the per-token retain NLL. Any forget term works here (GA's -NLL included): nothing takes
+    its log."""
+
+    writes_gradients = True
 
     def __init__(self, forget: str = "ga", eps: float = 0.0, max_norm: float | None = 1.0, **forget_params: Any):
         self.forget = build(forget, retain_weight=0.0, **forget_params)
         self.eps, self.max_norm = eps, max_norm
 
-    def backward(self, parameters: Iterable[torch.Tensor], batch: UnlearnBatch) -> dict[str, float]:
-        forget, retain = self.forget.forget_term(batch), batch.retain_mean()
+    def backward(self, parameters: Iterable[torch.Tensor], ce: torch.Tensor, tokens: TokenBatch,
+                 progress: float = 0.0) -> dict[str, Any]:
+        forget, retain = self.forget.forget_term(ce, tokens), retain_mean(ce, tokens)
         metrics = apply_surgery(parameters, forget, retain, self.eps, self.max_norm)
         return metrics | {
-            "forget_term": forget.item(),
-            "forget_nll": batch.forget_mean().item(),
-            "retain_nll": retain.item(),
+            "forget_term": forget.detach(),
+            "forget_nll": forget_mean(ce, tokens).detach(),
+            "retain_nll": retain.detach(),
         }
