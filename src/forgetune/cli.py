@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from forgetune.config import SECTIONS, field_index, load_yaml, resolve
+from forgetune.config import SECTIONS, UNLEARN_DEFAULTS, field_index, load_yaml, resolve
 from forgetune.errors import ForgetuneError
 
 COMMANDS: dict[str, str] = {
@@ -26,10 +26,10 @@ COMMANDS: dict[str, str] = {
     "train": "fine-tune from the base with the chosen objective",
     "generate": "answer prompts with a trained run",
     "demo": "the whole pipeline on the embedded model and a shipped noisy arithmetic set",
+    "unlearn": "remove a forget set from a model while keeping its utility on a retain set (ga, npo, constrained, ...)",
 }
 BENCH_HELP = "compare methods x seeds on a benchmark with ground-truth noise (tables, JSON, CSV, plots)"
 EVAL_HELP = "evaluate a run or model: exact match, perplexity, diversity, memorised noise, noise detection"
-UNLEARN_HELP = "remove a forget set from a model while keeping its utility on a retain set (ga, npo, constrained, ...)"
 REPORT_HELP = "one self-contained HTML page of a run: config, timings, losses, score histogram, token heat map"
 # Subcommands whose flags are a dataclass: (help, module, class, positional). Their modules import torch, so only the
 # invoked one is loaded.
@@ -37,7 +37,6 @@ DATACLASS_COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
     "eval": (EVAL_HELP, "forgetune.evaluate", "EvalConfig", "RUN_OR_MODEL"),
     "bench": (BENCH_HELP, "forgetune.bench", "BenchConfig", "NAME"),
     "report": (REPORT_HELP, "forgetune.report", "ReportConfig", "RUN_DIR"),
-    "unlearn": (UNLEARN_HELP, "forgetune.unlearn", "UnlearnConfig", None),
 }
 # The config sections each stage reads, the only ones its --help lists (run and demo list all). The others are still
 # accepted: the settings the upstream stages ran with enter this stage's cache key.
@@ -47,9 +46,15 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "partition": ("model", "data", "partition"),
     "train": ("model", "data", "train"),
     "generate": ("model", "data", "generate"),
+    "unlearn": ("model", "data", "train", "unlearn"),
 }
+# run and demo list every section but unlearn's (only `forgetune unlearn` reads it).
+PIPELINE_SECTIONS = tuple(s for s in SECTIONS if s != "unlearn")
 STAGE_EPILOG = ("Flags of the other sections (forgetune run --help) are accepted too: pass the ones the run was made "
                 "with, since the upstream stages' settings are part of this stage's cache key.")
+UNLEARN_EPILOG = ("Writes a run directory (config.yaml, model/, unlearn/, summary.json) that forgetune eval, generate "
+                  "and report read. Unlearning's own train defaults, under YAML and flags: "
+                  + ", ".join(f"{k} {v}" for k, v in UNLEARN_DEFAULTS["train"].items()) + ".")
 GENERATE_EPILOG = ("Reads RUN/config.yaml (the run's model, data and settings) and never rewrites it; flags override "
                    "it for this command only.")
 
@@ -144,9 +149,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     parser.stages = sub
     for name, help_text in COMMANDS.items():
-        epilog = GENERATE_EPILOG if name == "generate" else STAGE_EPILOG if name in STAGE_SECTIONS else None
+        epilog = {"generate": GENERATE_EPILOG, "unlearn": UNLEARN_EPILOG}.get(
+            name, STAGE_EPILOG if name in STAGE_SECTIONS else None)
         add_config_flags(sub.add_parser(name, help=help_text, description=help_text, epilog=epilog),
-                         STAGE_SECTIONS.get(name, tuple(SECTIONS)))
+                         STAGE_SECTIONS.get(name, PIPELINE_SECTIONS))
     invoked = next((a for a in argv if not a.startswith("-")), None)
     for name, (help_text, module, class_name, positional) in DATACLASS_COMMANDS.items():
         if name != invoked:
@@ -224,14 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_bench(cfg)
             print((Path(cfg.results) / cfg.name / "results.md").read_text())
             return 0
-        if command == "unlearn":
-            from forgetune.pipeline import format_info
-            from forgetune.unlearn import UnlearnConfig, run_unlearn
-
-            cfg = UnlearnConfig(**args)
-            info = run_unlearn(cfg)
-            print(f"unlearn: {Path(cfg.output) / 'model'}: {format_info(info)}")
-            return 0
         if command == "report":
             from forgetune.report import ReportConfig, write_report
 
@@ -245,10 +243,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif command == "generate" and args.get("output"):
             if not Path(args["output"]).is_dir() and not args.get("data"):  # with --data: "no trained model" says it
                 raise ForgetuneError(f"{args['output']}: no such run directory; pass --output RUN, a folder made by "
-                                     "forgetune run")
+                                     "forgetune run or unlearn")
             if (Path(args["output"]) / "config.yaml").is_file():
                 base = load_yaml(Path(args["output"]) / "config.yaml")  # the run's own model, data and prompts
+        elif command == "unlearn":
+            base = UNLEARN_DEFAULTS
         cfg = resolve(yaml_path, args, base)
+        if command == "unlearn":
+            from forgetune.pipeline import format_info
+            from forgetune.unlearn import run_unlearn
+
+            info = run_unlearn(cfg)
+            print(f"unlearn: {Path(cfg.output) / 'model'}: {format_info(info)}")
+            return 0
         from forgetune.processes import process_state
 
         if process_state().num_processes > 1 and command not in ("run", "reference", "score", "partition", "train"):

@@ -148,6 +148,63 @@ class GenerateConfig:
 
 
 @dataclass
+class UnlearnConfig:
+    """`forgetune unlearn`: the forget / retain sets and the method's knobs (the optimiser is the train section's)."""
+
+    forget: str | None = option(None, "Forget set: records whose responses the model must unlearn (any data format).")
+    retain: str | None = option(None, "Retain set: the utility to keep (needed by every method with a retain term).")
+    method: str = option("npo", "Unlearning method: a registered name (ga, graddiff, npo, simnpo, constrained, "
+                                "constrained-surgery, l1sparse, ...; docs/unlearning.md).")
+    forget_loss: str = option("npo", "Forget term inside constrained, constrained-surgery and l1sparse.")
+    beta: float | None = option(None, "NPO / SimNPO inverse temperature (default: the method's, 0.1 / 4.5).")
+    delta: float | None = option(None, "SimNPO margin (default 0).")
+    retain_weight: float | None = option(
+        None, "Weight of the retain NLL (default: the method's; constrained: the start value w0 of its dual weight)."
+    )
+    eps: float | None = option(
+        None, "constrained: allowed rise of log retain loss per step; constrained-surgery: of the retain loss per "
+        "unit learning rate (default 0)."
+    )
+    eta: float | None = option(None, "constrained: step size of the retain weight's dual update (default 5).")
+    retain_floor: float | None = option(
+        None, "constrained: m_r in log(L_r - m_r) (default 0). -1 makes it log(1 + L_r), for retain data the model "
+        "already fits (L_r near 0, where log L_r would scale the retain gradient by 1 / L_r and its per-batch noise "
+        "would drive the dual weight)."
+    )
+    alpha: float | None = option(None, "l1sparse: start weight of the l1 penalty on theta - theta_0 (-> 0; 1e-4).")
+    prune: float = option(0.0, "Magnitude-prune this fraction of the linear weights first; they stay 0.")
+    tokens: str = option(
+        "all", "all: every forget response token is forgotten; scored: only the top --token-fraction by "
+        "CE_token_reference - CE_model (the rest of each forget example is kept like retain data)."
+    )
+    token_reference: str | None = option(
+        None, "--tokens scored: a model that does not know the forget set (e.g. fine-tuned on retain data only)."
+    )
+    token_fraction: float = option(0.5, "--tokens scored: fraction of forget tokens that get the forgetting term.")
+    holdout: str | None = option(
+        None, "Stopping rule: data of the forget set's kind that the model never trained on. Unlearning stops once the "
+        "forget set's mean NLL reaches the holdout's (both under the current model, every --stop-every steps), where "
+        "a loss-based membership attack can no longer tell forgotten from never seen; --epochs / --max-steps cap it."
+    )
+    stop_every: int = option(1, "--holdout: check the stopping rule every N steps.")
+
+    def validate(self) -> None:
+        if self.tokens not in ("all", "scored"):
+            raise ForgetuneError(f"unlearn: --tokens must be all or scored, got {self.tokens!r}")
+        if self.tokens == "scored" and not self.token_reference:
+            raise ForgetuneError(
+                "unlearn: --tokens scored needs --token-reference DIR, a model that does not know the forget set "
+                "(e.g. the base model, or one fine-tuned on the retain data)"
+            )
+        if not 0.0 < self.token_fraction <= 1.0:
+            raise ForgetuneError(f"unlearn: --token-fraction must be in (0, 1], got {self.token_fraction}")
+        if not 0.0 <= self.prune < 1.0:
+            raise ForgetuneError(f"unlearn: --prune must be in [0, 1), got {self.prune}")
+        if self.stop_every < 1:
+            raise ForgetuneError(f"unlearn: --stop-every must be >= 1, got {self.stop_every}")
+
+
+@dataclass
 class RunConfig:
     output: str | None = option(None, "Run directory; every stage reads and writes there.")
     preset: str | None = option(None, "Named preset applied before YAML and flags (see forgetune.config.PRESETS).")
@@ -158,6 +215,7 @@ class RunConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,6 +282,7 @@ class RunConfig:
             raise ForgetuneError(f"lora_r must be >= 1, got {self.model.lora_r}")
         if self.model.dtype not in ("float32", "bfloat16", "float16"):
             raise ForgetuneError(f"dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
+        self.unlearn.validate()
         return self
 
 
@@ -251,6 +310,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 TRUSTED_REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "partition": {"rank_by": "reference", "negative_below": -2.3},
     "train": {"objective": "ignore"},
+}
+
+
+# `forgetune unlearn`'s own train-section defaults (explicit settings win): a small constant learning rate for a few
+# passes over the forget set, logged every step (open-unlearning's scale; the stopping rule reads every step).
+UNLEARN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "train": {"learning_rate": 1e-5, "lr_scheduler": "constant", "epochs": 5.0, "batch_size": 4, "logging_steps": 1,
+              "max_negative_term": None},
 }
 
 

@@ -12,6 +12,7 @@ Run directory layout::
     scores/                 ce_base.npy, ce_ref.npy, scores.npy (float32, flat, corpus order), offsets.npy, ids.json
     partition/              polarity.npy (int8: +1 positive, -1 negative, 0 ignored), .done.json
     train/                  log_history.json, .done.json (checkpoints/ while running)
+    unlearn/                the same, for a run made by `forgetune unlearn` (instead of the four stages above)
     model/                  the trained model, a Hugging Face dir
     summary.json            token counts, losses, lambda, stage timings
 """
@@ -65,6 +66,7 @@ from forgetune.trainer import fit
 log = logging.getLogger(__name__)
 
 STAGES = ("reference", "score", "partition", "train")
+RECORDED_STAGES = (*STAGES, "unlearn")  # every stage whose record summary.json holds (unlearn: forgetune unlearn)
 # Training hyperparameters shared by references and the final model.
 OPTIM_FIELDS = ("learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "seed")
 
@@ -126,7 +128,8 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
     commands that only read a run pass False, so the file keeps describing the run that was made."""
     if not cfg.output:
         raise ForgetuneError("no run directory: pass --output DIR")
-    if not cfg.data.data:
+    corpus = cfg.data.data or cfg.unlearn.forget  # an unlearning run's corpus is its forget set
+    if not corpus:
         raise ForgetuneError("no training data: pass --data FILE (.jsonl, .json, .parquet or a datasets folder)")
     objectives.build(cfg.train)  # fail early on an unknown objective
     if cfg.reference.reference_data and not Path(cfg.reference.reference_data).exists():
@@ -137,8 +140,8 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
     model_path = resolve_model_path(cfg.model.model)
     tokenizer = load_tokenizer(model_path)
     d = cfg.data
-    examples, counts = load_examples(d.data, tokenizer, d.format, d.max_length, d.system_prompt)
-    data_key = hash_obj("data", fingerprint_path(d.data), dataclasses.asdict(d), model_fingerprint(model_path))
+    examples, counts = load_examples(corpus, tokenizer, d.format, d.max_length, d.system_prompt)
+    data_key = hash_obj("data", fingerprint_path(corpus), dataclasses.asdict(d), model_fingerprint(model_path))
     if save_config and process_state().is_main_process:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -515,7 +518,7 @@ def run_all(run: Run) -> dict[str, Any]:
 def write_summary(run_dir: Path, data_counts: dict[str, int]) -> dict[str, Any]:
     """summary.json: the corpus counts and every finished stage's record (timings, token counts, losses)."""
     summary: dict[str, Any] = {"data": data_counts, "stages": {}}
-    for stage in STAGES:
+    for stage in RECORDED_STAGES:
         marker = run_dir / stage / DONE_MARKER
         if marker.is_file():
             info = read_json(marker)
@@ -528,6 +531,6 @@ def write_summary(run_dir: Path, data_counts: dict[str, int]) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any], run_dir) -> None:
     """A stage per line: its time and its record, rounded (the CLI's and the demo's closing summary)."""
     print(f"run: {run_dir}")
-    for stage in (s for s in STAGES if s in summary["stages"]):
+    for stage in (s for s in RECORDED_STAGES if s in summary["stages"]):
         info = summary["stages"][stage]
         print(f"  {stage:<10} {info['seconds']:>8.1f} s  {format_info(info, skip=('seconds',))}")

@@ -29,8 +29,8 @@ from forgetune.io import read_json, write_text
 
 log = logging.getLogger(__name__)
 
-# Curves of train/log_history.json, left axis; lambda goes on its own right axis.
-LOSS_KEYS = ("loss", "ce", "ce_pos", "ce_neg", "neg_term")
+# Curves of train/ (or unlearn/) log_history.json, left axis; lambda goes on its own right axis.
+LOSS_KEYS = ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "forget_nll", "retain_nll")
 NEG_RGB, POS_RGB = (202, 0, 32), (5, 113, 176)  # ColorBrewer RdBu ends: red = the reference learned it worse
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 # What the partition ranked, per rank_by (pipeline.ranked_values): short name, axis label, heat-map colours.
@@ -83,7 +83,8 @@ def collect(run_dir: Path, cfg: ReportConfig) -> dict[str, Any]:
         ctx["summary"] = summary_rows(read_json(run_dir / "summary.json"))
     else:
         missing.append("summary.json: no stage has finished yet")
-    history_path = run_dir / "train" / "log_history.json"
+    history_path = next((run_dir / stage / "log_history.json" for stage in ("train", "unlearn")
+                         if (run_dir / stage / "log_history.json").is_file()), run_dir / "train" / "log_history.json")
     if history_path.is_file():
         ctx["loss_png"] = loss_plot(read_json(history_path))
         if ctx["loss_png"] is None:
@@ -139,7 +140,7 @@ def colour_centre(values: np.ndarray, rank_by: str, rho: float, tau: float | Non
 
 def summary_rows(summary: dict[str, Any]) -> dict[str, Any]:
     """summary.json as table rows: corpus counts, and per stage its seconds and its other numbers."""
-    from forgetune.pipeline import STAGES
+    from forgetune.pipeline import RECORDED_STAGES as STAGES
 
     found = summary.get("stages", {})
     stages = [{"name": name, "seconds": found[name].get("seconds"),

@@ -159,7 +159,7 @@ class Grader:
 
 def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
     from forgetune.models import resolve_model_path
-    from forgetune.unlearn import UnlearnConfig, run_unlearn
+    from forgetune.unlearn import run_unlearn, unlearn_config
 
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -194,7 +194,7 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
                     flags["token_reference"] = str(retain_only)
                 if flags.get("holdout") == CALIBRATION:
                     flags["holdout"] = str(files[CALIBRATION])
-                info = run_unlearn(UnlearnConfig(**flags))
+                info = run_unlearn(unlearn_config(flags))
                 seconds, steps = info["seconds"], info["steps"]
             if done is not None:  # retain-only is graded again only to restore the never-seen losses
                 grader.grade(model_dir, never_seen=True)

@@ -56,7 +56,7 @@ def observe(tmp_path: Path, model: Path, arith: Path) -> dict[str, object]:
         if "scored" in flags:
             argv += ["--token-reference", model]
         assert main([str(a) for a in argv]) == 0
-        seen[f"unlearn {name}"] = numbers(read_json(out / "log_history.json"))
+        seen[f"unlearn {name}"] = numbers(read_json(out / "unlearn" / "log_history.json"))
     return seen
 
 

@@ -140,13 +140,14 @@ def test_every_method_runs_and_changes_the_model(method, tiny_model_dir, data, t
     out = tmp_path / "out"
     assert unlearn(tiny_model_dir, forget, out, "--method", method, "--learning-rate", "1e-3", retain=retain) == 0
     assert AutoModelForCausalLM.from_pretrained(out / "model").config.vocab_size == len(tokenizer)
-    cfg = yaml.safe_load((out / "unlearn_config.yaml").read_text())
-    assert cfg["method"] == method and cfg["learning_rate"] == 1e-3 and cfg["max_steps"] == 2
-    history = json.loads((out / "log_history.json").read_text())
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["unlearn"]["method"] == method and cfg["train"]["learning_rate"] == 1e-3
+    assert cfg["train"]["max_steps"] == 2
+    history = json.loads((out / "unlearn" / "log_history.json").read_text())
     steps = [h for h in history if "loss" in h]
     assert [h["step"] for h in steps] == [1, 2]
     assert all(math.isfinite(h["forget_nll"]) for h in steps)
-    done = json.loads((out / DONE_MARKER).read_text())
+    done = json.loads((out / "unlearn" / DONE_MARKER).read_text())
     assert done["method"] == method and done["steps"] == 2
     before, after = state(tiny_model_dir), state(out / "model")
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -160,7 +161,7 @@ def test_gradient_ascent_raises_the_forget_nll(tiny_model_dir, data, tmp_path, t
     before = mean_forget_ce(tiny_model_dir, forget, tokenizer)
     after = mean_forget_ce(out / "model", forget, tokenizer)
     assert after > before + 0.5, (before, after)
-    steps = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    steps = [h for h in json.loads((out / "unlearn" / "log_history.json").read_text()) if "loss" in h]
     assert steps[0]["forget_nll"] == pytest.approx(before, rel=1e-4)  # first step sees the starting model
     assert steps[-1]["forget_nll"] > steps[0]["forget_nll"]
 
@@ -194,7 +195,7 @@ def test_scored_tokens_forget_the_top_fraction(tiny_model_dir, data, tmp_path, t
                    "--token-fraction", "0.5", "--learning-rate", "1e-3", retain=retain) == 0
     examples, _ = load_examples(forget, tokenizer)
     total = sum(ex.num_response_tokens for ex in examples)
-    done = json.loads((out / DONE_MARKER).read_text())
+    done = json.loads((out / "unlearn" / DONE_MARKER).read_text())
     assert done["forget_tokens"] == math.floor(0.5 * total)
     assert f"forget_tokens={math.floor(0.5 * total)}" in capsys.readouterr().out
     assert done["steps"] == 2
@@ -211,7 +212,7 @@ def test_scored_tokens_skip_forget_examples_with_nothing_selected(tiny_model_dir
     out = tmp_path / "few"
     assert unlearn(tiny_model_dir, forget, out, *scored, "--token-fraction", "0.01", "--batch-size", "1",
                    "--max-steps", "4", retain=retain) == 0
-    done = json.loads((out / DONE_MARKER).read_text())
+    done = json.loads((out / "unlearn" / DONE_MARKER).read_text())
     assert done["forget_tokens"] == 1 and done["steps"] == 4
     capsys.readouterr()
     assert unlearn(tiny_model_dir, forget, tmp_path / "none", *scored, "--token-fraction", "0.001",
@@ -242,12 +243,12 @@ def test_rerun_is_skipped_and_a_changed_setting_reruns(tiny_model_dir, data, tmp
     args = ("--method", "npo", "--learning-rate", "1e-3")
     assert unlearn(tiny_model_dir, forget, out, *args, retain=retain) == 0
     weights = next((out / "model").glob("*.safetensors"))
-    mtime, key = weights.stat().st_mtime_ns, json.loads((out / DONE_MARKER).read_text())["key"]
+    mtime, key = weights.stat().st_mtime_ns, json.loads((out / "unlearn" / DONE_MARKER).read_text())["key"]
     assert unlearn(tiny_model_dir, forget, out, *args, retain=retain) == 0
     assert weights.stat().st_mtime_ns == mtime
-    assert json.loads((out / DONE_MARKER).read_text())["key"] == key
+    assert json.loads((out / "unlearn" / DONE_MARKER).read_text())["key"] == key
     assert unlearn(tiny_model_dir, forget, out, "--method", "npo", "--learning-rate", "2e-3", retain=retain) == 0
-    assert json.loads((out / DONE_MARKER).read_text())["key"] != key
+    assert json.loads((out / "unlearn" / DONE_MARKER).read_text())["key"] != key
     assert weights.stat().st_mtime_ns != mtime
 
 
@@ -285,8 +286,9 @@ def test_bad_input_is_one_line_error(case, expected, tiny_model_dir, data, tmp_p
 
 
 def test_method_knobs_reach_the_method_and_inner_forget_loss():
+    from forgetune.config import UnlearnConfig
     from forgetune.errors import ForgetuneError
-    from forgetune.unlearn import UnlearnConfig, build_method
+    from forgetune.unlearn import build_method
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     constrained = build_method(UnlearnConfig(method="constrained", forget_loss="simnpo", retain_weight=2.0,
@@ -310,10 +312,10 @@ def test_stopping_rule_ends_at_the_first_check_where_forget_reaches_holdout(tiny
     out = tmp_path / "stopped"
     assert unlearn(tiny_model_dir, forget, out, "--method", "npo", "--learning-rate", "1e-3", "--holdout", forget,
                    "--stop-every", "2", "--max-steps", "6", retain=retain) == 0
-    done = json.loads((out / DONE_MARKER).read_text())
+    done = json.loads((out / "unlearn" / DONE_MARKER).read_text())
     assert done["steps"] == 2 and done["stopped"] is True
     assert done["stop_forget_nll"] == done["stop_holdout_nll"]
-    checks = [h for h in json.loads((out / "log_history.json").read_text()) if "stop_forget_nll" in h]
+    checks = [h for h in json.loads((out / "unlearn" / "log_history.json").read_text()) if "stop_forget_nll" in h]
     assert [h["step"] for h in checks] == [2]
     # the check measured the model that was saved: mean over examples of each example's mean NLL
     examples, _ = load_examples(forget, tokenizer)
@@ -342,3 +344,42 @@ def test_stopping_rule_checks_every_n_steps_and_stops_once_forget_reaches_holdou
     assert step == 4 and model.training
     assert [c["step"] for c in stop.checks] == [2, 4]
     assert stop.summary() == {"stopped": True, "stop_forget_nll": 2.5, "stop_holdout_nll": 2.4}
+
+
+# --- an unlearning output is a run directory --------------------------------------------------------------------
+
+def test_unlearn_takes_a_yaml_config_with_the_run_sections_and_lora(tiny_model_dir, data, tmp_path):
+    """`--config FILE`: the unlearn, train and model sections of one YAML, as `forgetune run` takes them; LoRA and the
+    optimiser come from the sections `run` uses, and unlearning's own train defaults fill what the file leaves out."""
+    forget, retain = data
+    out = tmp_path / "out"
+    config = tmp_path / "unlearn.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"model": str(tiny_model_dir), "lora": True, "lora_r": 4},
+        "train": {"max_steps": 2, "learning_rate": 1e-3},
+        "unlearn": {"forget": str(forget), "retain": str(retain), "method": "graddiff"},
+    }))
+    assert main(["unlearn", "--quiet", "--config", str(config), "--output", str(out)]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["lora"] is True and saved["unlearn"]["method"] == "graddiff"
+    assert saved["train"]["lr_scheduler"] == "constant" and saved["train"]["batch_size"] == 4  # unlearning's defaults
+    assert saved["train"]["learning_rate"] == 1e-3  # the file wins over them
+    assert (out / "model" / "config.json").is_file()  # LoRA merged into a full model dir, as `run` saves it
+    assert json.loads((out / "summary.json").read_text())["stages"]["unlearn"]["steps"] == 2
+
+
+def test_eval_generate_and_report_read_an_unlearning_output(tiny_model_dir, data, tmp_path, capsys):
+    forget, retain = data
+    out = tmp_path / "out"
+    assert unlearn(tiny_model_dir, forget, out, "--method", "npo", retain=retain) == 0
+    test = write_jsonl(tmp_path / "test.jsonl", RETAIN[:2])
+    assert main(["eval", str(out), "--data", str(test), "--quiet", "--samples", "0", "--sampled", "0",
+                 "--max-new-tokens", "4"]) == 0
+    assert "exact_match" in json.loads((out / "eval.json").read_text())
+    capsys.readouterr()
+    assert main(["generate", "--output", str(out), "--num-prompts", "2", "--max-new-tokens", "4", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("Q: ") == 2  # the run's own prompts: its forget set's
+    assert len((out / "generations.jsonl").read_text().splitlines()) == 2
+    assert main(["report", str(out), "--quiet"]) == 0
+    page = (out / "report.html").read_text()
+    assert "unlearn" in page and "data:image/png;base64" in page  # the stage's record and its loss curves

@@ -27,8 +27,9 @@ def test_bench_unlearn_rows_metrics_and_resume(tiny_model_dir, tmp_path, capsys,
         assert (row["seconds"] is None) == (name in ("retain-only", "base", "finetuned"))
     assert rows["retain-only"]["forget_quality"] == 1.0  # its own forget losses are the never-seen sample
     assert (root / "runs" / "seed0" / "npo-tokens" / "model" / "config.json").is_file()
-    stopped = yaml.safe_load((root / "runs" / "seed0" / "ga-stop" / "unlearn_config.yaml").read_text())
-    assert stopped["holdout"] == str(root / "data" / "seed0" / "calibration.jsonl")  # not the MIA's non-members
+    stopped = yaml.safe_load((root / "runs" / "seed0" / "ga-stop" / "config.yaml").read_text())
+    # the calibration people, not the MIA's non-members
+    assert stopped["unlearn"]["holdout"] == str(root / "data" / "seed0" / "calibration.jsonl")
     assert rows["ga-stop"]["steps"] == 1 and rows["ga"]["steps"] == 1
     assert (root / "tradeoff.png").stat().st_size > 0 and "| ga | 1 |" in (root / "results.md").read_text()
     # More seeds and methods add rows; finished ones stay as they were

@@ -392,7 +392,7 @@ CASES = [
          "{tmp}/out/reference: no up-to-date reference model; run `forgetune reference` first"),
     Case("generate-no-run", "`forgetune generate --output` naming no folder",
          lambda ctx: ["generate", "--output", ctx.tmp / "no" / "such" / "run"],
-         "{tmp}/no/such/run: no such run directory; pass --output RUN, a folder made by forgetune run"),
+         "{tmp}/no/such/run: no such run directory; pass --output RUN, a folder made by forgetune run or unlearn"),
     Case("non-positive-epochs", "--epochs -1 without --max-steps (it trained 0 steps and exited 0)",
          lambda ctx: ["run", "--model", ctx.model, "--data", lines_file(ctx, "x.jsonl", GOOD), "--output",
                       ctx.tmp / "out", "--epochs", "-1"],
