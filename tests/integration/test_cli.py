@@ -221,6 +221,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
@@ -346,6 +347,7 @@ def test_bench_adds_seeds_to_finished_rows_and_refuses_other_settings(tiny_model
     assert "| default:lambda_max=0.5 | 1 |" in (tmp_path / "arith" / "results.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["arith", "numwords"])
 def test_trusted_bench_runs_every_method_with_the_trusted_reference(name, tiny_model_dir, tmp_path):
     results = tmp_path / "results"

@@ -17,6 +17,8 @@ from forgetune.cli import main
 from forgetune.io import read_json
 from tests_helpers import write_jsonl
 
+pytestmark = pytest.mark.slow  # a real process, a whole bench or many stages: `pytest -m 'not slow'` skips it
+
 GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "golden_numbers.json"
 OBJECTIVES = ["sft", "ignore", "forget", "forget-npo", "forget-unlikelihood", "forget-constrained", "loss-truncation"]
 UNLEARN = {method: ["--method", method] for method in

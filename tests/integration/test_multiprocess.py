@@ -15,6 +15,8 @@ import pytest
 
 from forgetune.cli import main
 
+pytestmark = pytest.mark.slow  # a real process, a whole bench or many stages: `pytest -m 'not slow'` skips it
+
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 # The global batch is 8 in both runs: 1 process x 8, or 2 processes x 4 (accelerate hands each process every
 # second batch of 4 from the same shuffled order, so the same 8 examples meet in each step).

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from forgetune import unlearn_bench
 from forgetune.cli import main
 from forgetune.unlearn_bench import METRICS
+
+pytestmark = pytest.mark.slow  # a real process, a whole bench or many stages: `pytest -m 'not slow'` skips it
 
 SMALL = ["--people", "10", "--retain-eval", "6", "--utility-questions", "4", "--max-steps", "1",
          "--max-new-tokens", "4", "--quiet"]

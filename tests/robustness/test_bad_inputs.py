@@ -488,6 +488,7 @@ def test_bad_input(case, request, tmp_path, tiny_model_dir, monkeypatch, capsys)
         case.check(ctx)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", IN_A_PROCESS)
 def test_a_real_process_prints_one_line_and_no_traceback(case_id, request, tmp_path, tiny_model_dir, monkeypatch):
     case = BY_ID[case_id]

@@ -22,6 +22,8 @@ from forgetune.io import DONE_MARKER
 from forgetune.trainer import ObjectiveTrainer, last_checkpoint
 from tests_helpers import write_jsonl
 
+pytestmark = pytest.mark.slow  # a real process, a whole bench or many stages: `pytest -m 'not slow'` skips it
+
 STEPS = 200
 
 

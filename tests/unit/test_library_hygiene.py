@@ -22,6 +22,7 @@ print(sorted(k for k in before.keys() | after.keys() if before.get(k) != after.g
 """
 
 
+@pytest.mark.slow
 def test_importing_every_module_leaves_the_environment_unchanged():
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
     changed = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)

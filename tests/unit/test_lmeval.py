@@ -96,6 +96,7 @@ def test_adapter_dir_is_evaluated_on_its_base(tiny_model_dir, mc_task, tmp_path)
         run_lm_eval(adapter, [TASK], include_path=task_dir)
 
 
+@pytest.mark.slow
 def test_unknown_task_is_a_one_line_error(tiny_model_dir, mc_task):
     with pytest.raises(ForgetuneError, match="unknown lm-eval task.*no_such_task") as info:
         run_lm_eval(tiny_model_dir, [TASK, "no_such_task"], include_path=mc_task[0])
