@@ -29,6 +29,7 @@ from forgetune.evaluate import EvalConfig, evaluate
 from forgetune.io import atomic_path, read_json, write_json, write_text
 from forgetune.metrics.detection import corrupted_tokens
 from forgetune.metrics.paired import mean_std, paired_difference
+from forgetune.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
                                   lm_eval_include=str(files["lm_eval_include"]) if "lm_eval_include" in files else None)
             if flags_of[method] is None:
                 base_dir = pipeline.resolve_model_path(cfg.model)
-                eval_cfg.target, eval_cfg.report = str(base_dir), str(run_dir / "eval.json")
+                eval_cfg.target, eval_cfg.report = str(base_dir), str(RunDir(run_dir).eval_report)
             else:
                 settings = dict(flags_of[method])
                 flags = {"model": cfg.model, "data": str(files[settings.pop("data", "train")]),
@@ -298,7 +299,7 @@ def write_outputs(cfg: BenchConfig, root: Path, rows: list[dict[str, Any]], meth
         write_text(root / "targets.md", targets_markdown(cfg.name, rows, table, versus))
     plot_accuracy(table, root / "accuracy.png", cfg.name, spec(cfg.name).headline)
     histogram = next((root / "runs" / "seed0" / m for m in ("default", *methods)
-                      if (root / "runs" / "seed0" / m / "score" / "scores.npy").is_file()), None)
+                      if RunDir(root / "runs" / "seed0" / m).scores().is_file()), None)
     if histogram is not None:
         plot_score_histogram(histogram, root / "scores.png")
 

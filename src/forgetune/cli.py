@@ -244,8 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not Path(args["output"]).is_dir() and not args.get("data"):  # with --data: "no trained model" says it
                 raise ForgetuneError(f"{args['output']}: no such run directory; pass --output RUN, a folder made by "
                                      "forgetune run or unlearn")
-            if (Path(args["output"]) / "config.yaml").is_file():
-                base = load_yaml(Path(args["output"]) / "config.yaml")  # the run's own model, data and prompts
+            from forgetune.rundir import RunDir
+
+            if RunDir(args["output"]).config.is_file():
+                base = load_yaml(RunDir(args["output"]).config)  # the run's own model, data and prompts
         elif command == "unlearn":
             base = UNLEARN_DEFAULTS
         cfg = resolve(yaml_path, args, base)

@@ -86,7 +86,7 @@ def held_out_report(run: pipeline.Run) -> dict[str, float]:
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in test]
     refs = [r["completion"] for r in test]
     answers = {}
-    for name, model in (("base", load_model(run.model_path)), ("trained", load_for_inference(run.dir / "model"))):
+    for name, model in (("base", load_model(run.model_path)), ("trained", load_for_inference(run.layout.model))):
         answers[name] = generate_answers(model, run.tokenizer, prompts, run.cfg.generate.max_new_tokens)
         del model
     print(f"\n== {HELD_OUT} held-out questions with correct answers (a few shown)")

@@ -29,6 +29,7 @@ from forgetune.metrics.diversity import distinct_n, self_bleu
 from forgetune.metrics.memorisation import memorised_noise
 from forgetune.metrics.perplexity import perplexity
 from forgetune.models import load_for_inference, load_tokenizer
+from forgetune.rundir import RunDir
 from forgetune.scoring.partition import IGNORED, NEGATIVE
 from forgetune.scoring.scorer import example_offsets, token_ce
 
@@ -88,8 +89,8 @@ def warn_if_unextracted(answers: list[str], mode: str) -> None:
 
 def _resolve_target(target: str) -> tuple[Path, Path | None]:
     path = Path(target)
-    if (path / "config.yaml").is_file() and (path / "model").is_dir():
-        return path / "model", path
+    if RunDir(path).is_run():
+        return RunDir(path).model, path
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path, None
     raise ForgetuneError(f"{target}: neither a forgetune run directory (config.yaml + model/) nor a model directory")
@@ -117,7 +118,7 @@ def detection(run) -> dict[str, float]:
     if 0 < example_labels.sum() < example_labels.size:  # undefined when every example (or none) is corrupted
         per_example = example_scores(scores, example_offsets(run.examples), "min")
         out["example_auroc_min"] = detection_auroc(per_example, example_labels)
-    if (run.dir / "partition" / "polarity.npy").is_file():
+    if run.layout.polarity.is_file():
         polarity = np.asarray(pipeline.load_polarity(run))
         # example-level filtering marks a flagged example's tokens ignored: those are what it took out
         negative = polarity == (IGNORED if run.cfg.partition.unit == "example" else NEGATIVE)
@@ -144,7 +145,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             raise ForgetuneError(f"--lm-eval-tasks {cfg.lm_eval_tasks!r} names no task; pass e.g. --lm-eval-tasks a,b")
         include = Path(cfg.lm_eval_include) if cfg.lm_eval_include else None
         results["lm_eval"] = run_lm_eval(model_dir, tasks, include, cfg.batch_size, cfg.lm_eval_limit)
-    report = cfg.report or (run_dir / "eval.json" if run_dir else None)
+    report = cfg.report or (RunDir(run_dir).eval_report if run_dir else None)
     if report:
         write_json(report, results)
     return results
@@ -215,7 +216,7 @@ def run_metrics(run_dir: Path, model, cfg: EvalConfig) -> dict[str, float]:
         noisy_answers = [run.tokenizer.decode([ex.input_ids[p] for p in response_positions(ex.labels)],
                                               skip_special_tokens=True) for ex in noisy]
         out["memorised_noise"] = memorised_noise(answers, noisy_answers, cfg.extract)
-    if (run_dir / "score" / "scores.npy").is_file():
+    if RunDir(run_dir).scores().is_file():
         out.update(detection(run))
     return out
 

@@ -3,18 +3,7 @@
 Every stage records a content hash of its inputs and config (`.done.json`); `run` skips a stage whose hash is
 unchanged, so a rerun after a change recomputes only what it must.
 
-Run directory layout::
-
-    config.yaml             the resolved config of the last command that ran a stage (generate, eval and report
-                            only read it)
-    reference/              plan.json, model-K/ (one HF dir or LoRA adapter per reference, deleted once scored
-                            unless keep_references), .done.json
-    scores/                 ce_base.npy, ce_ref.npy, scores.npy (float32, flat, corpus order), offsets.npy, ids.json
-    partition/              polarity.npy (int8: +1 positive, -1 negative, 0 ignored), .done.json
-    train/                  log_history.json, .done.json (checkpoints/ while running)
-    unlearn/                the same, for a run made by `forgetune unlearn` (instead of the four stages above)
-    model/                  the trained model, a Hugging Face dir
-    summary.json            token counts, losses, lambda, stage timings
+The run directory's layout is `forgetune.rundir`'s.
 """
 
 from __future__ import annotations
@@ -59,14 +48,13 @@ from forgetune.models import (
     save_model,
 )
 from forgetune.processes import process_state
+from forgetune.rundir import RECORDED_STAGES, STAGES, RunDir
 from forgetune.scoring.partition import IGNORED, NEGATIVE, POSITIVE, example_polarity, partition_polarity
 from forgetune.scoring.scorer import example_offsets, token_ce
 from forgetune.trainer import fit
 
 log = logging.getLogger(__name__)
 
-STAGES = ("reference", "score", "partition", "train")
-RECORDED_STAGES = (*STAGES, "unlearn")  # every stage whose record summary.json holds (unlearn: forgetune unlearn)
 # Training hyperparameters shared by references and the final model.
 OPTIM_FIELDS = ("learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "seed")
 
@@ -83,8 +71,12 @@ class Run:
     data_counts: dict[str, int]
     data_key: str
 
+    @property
+    def layout(self) -> RunDir:
+        return RunDir(self.dir)
+
     def stage_dir(self, name: str) -> Path:
-        return self.dir / name
+        return self.layout.stage(name)
 
     # Content hashes: each stage's key covers its config and the keys of its inputs.
     def reference_key(self) -> str:
@@ -148,7 +140,7 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
         except OSError as e:
             raise ForgetuneError(f"{run_dir}: cannot create the run folder ({e.strerror}); pass another --output"
                                  ) from None
-        write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        write_text(RunDir(run_dir).config, dump_yaml(cfg))
     log.info("data: %d examples, %d response tokens (%d truncated, %d skipped empty)", counts["examples"],
              sum(ex.num_response_tokens for ex in examples), counts["truncated"], counts["skipped_empty"])
     return Run(cfg, run_dir, model_path, tokenizer, examples, counts, data_key)
@@ -156,7 +148,7 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
 
 def reopen(run_dir: Path) -> Run:
     """The Run of an existing run directory, from its saved config (the directory may have been moved)."""
-    cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+    cfg = from_dict(load_yaml(RunDir(run_dir).config))
     cfg.output = str(run_dir)
     return open_run(cfg, save_config=False)
 
@@ -167,7 +159,7 @@ def _finish(run: Run, stage: str, key: str, started: float, **info: Any) -> dict
     state = process_state()
     if state.is_main_process:
         mark_done(run.stage_dir(stage), key, **info)
-        write_summary(run.dir, run.data_counts)
+        run.layout.write_summary(run.data_counts)
     state.wait_for_everyone()
     log.info("%s: done in %.1f s%s", stage, info["seconds"],
              f" ({format_info(info, skip=('seconds',))})" if len(info) > 1 else "")
@@ -340,7 +332,7 @@ def _delete_references(ref_dir: Path) -> None:
 def load_scores(run: Run, name: str = "scores") -> np.ndarray:
     """A flat per-token array of the score stage, checked against the current corpus (a stale file is an error)."""
     score_dir = run.stage_dir("score")
-    if not (score_dir / f"{name}.npy").is_file():
+    if not run.layout.scores(name).is_file():
         raise ForgetuneError(f"{score_dir}: no scores; run `forgetune score` first")
     offsets = load_npy(score_dir / "offsets.npy", mmap=False)
     ids = read_json(score_dir / "ids.json")
@@ -349,7 +341,7 @@ def load_scores(run: Run, name: str = "scores") -> np.ndarray:
             f"{score_dir}: the scores belong to another dataset or tokenisation (stale cache); "
             f"delete {score_dir} and rerun `forgetune score` on this data"
         )
-    return load_npy(score_dir / f"{name}.npy")
+    return load_npy(run.layout.scores(name))
 
 
 def ranked_values(run: Run) -> np.ndarray:
@@ -397,7 +389,7 @@ def partition(run: Run) -> dict[str, Any]:
         polarity = example_polarity(polarity, offsets)
     stage_dir = run.stage_dir("partition")
     stage_dir.mkdir(parents=True, exist_ok=True)
-    save_npy(stage_dir / "polarity.npy", polarity)
+    save_npy(run.layout.polarity, polarity)
     counts = {
         "positive": int((polarity == POSITIVE).sum()),
         "negative": int((polarity == NEGATIVE).sum()),
@@ -431,7 +423,7 @@ def load_polarity(run: Run) -> np.ndarray:
     stage_dir = run.stage_dir("partition")
     if not stage_done(stage_dir, run.partition_key()):
         raise ForgetuneError(f"{stage_dir}: no up-to-date partition; run `forgetune partition` first")
-    polarity = load_npy(stage_dir / "polarity.npy")
+    polarity = load_npy(run.layout.polarity)
     if polarity.shape[0] != example_offsets(run.examples)[-1]:
         raise ForgetuneError(f"{stage_dir}: the partition does not match the dataset; rerun `forgetune partition`")
     return polarity
@@ -462,8 +454,8 @@ def train(run: Run) -> dict[str, Any]:
     model = load_trainable(run.model_path, cfg.model)
     model, history, weights = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir, key=key)
     if process_state().is_main_process:  # under `accelerate launch`: the main process saves and records
-        save_model(model, run.tokenizer, run.dir / "model", cfg.model.merge_lora, weights)
-        write_json(stage_dir / "log_history.json", history)
+        save_model(model, run.tokenizer, run.layout.model, cfg.model.merge_lora, weights)
+        write_json(run.layout.log_history("train"), history)
     logged = [h for h in history if "loss" in h]
     last = logged[-1] if logged else {}  # the last logged step: every logging_steps, so not always the final one
     final = {k: last[k] for k in ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "lambda") if k in last}
@@ -488,7 +480,7 @@ def generate(run: Run, model_dir: Path | None = None) -> list[dict[str, Any]]:
     """Greedy answers of the run's model (and of the base, with compare_base) to the configured prompts."""
     from forgetune.generation import generate_answers
 
-    model_dir = model_dir or run.dir / "model"
+    model_dir = model_dir or run.layout.model
     if not model_dir.is_dir():
         raise ForgetuneError(f"{model_dir}: no trained model; run `forgetune train` first")
     prompts, g = prompts_for(run), run.cfg.generate
@@ -502,7 +494,7 @@ def generate(run: Run, model_dir: Path | None = None) -> list[dict[str, Any]]:
             row[column] = answer
         del model
     if process_state().is_main_process:
-        write_text(run.dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_text(run.layout.generations, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
 
@@ -512,20 +504,7 @@ def run_all(run: Run) -> dict[str, Any]:
     functions = {"reference": reference, "score": score, "partition": partition, "train": train}
     for stage in needed:
         functions[stage](run)
-    return read_json(run.dir / "summary.json")
-
-
-def write_summary(run_dir: Path, data_counts: dict[str, int]) -> dict[str, Any]:
-    """summary.json: the corpus counts and every finished stage's record (timings, token counts, losses)."""
-    summary: dict[str, Any] = {"data": data_counts, "stages": {}}
-    for stage in RECORDED_STAGES:
-        marker = run_dir / stage / DONE_MARKER
-        if marker.is_file():
-            info = read_json(marker)
-            info.pop("key", None)
-            summary["stages"][stage] = info
-    write_json(run_dir / "summary.json", summary)
-    return summary
+    return read_json(run.layout.summary)
 
 
 def print_summary(summary: dict[str, Any], run_dir) -> None:

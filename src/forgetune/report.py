@@ -26,6 +26,7 @@ from markupsafe import Markup
 from forgetune.config import option
 from forgetune.errors import ForgetuneError
 from forgetune.io import read_json, write_text
+from forgetune.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,12 @@ def write_report(cfg: ReportConfig) -> Path:
     run_dir = Path(cfg.run_dir or "")
     if not cfg.run_dir or not run_dir.is_dir():
         raise ForgetuneError(f"{cfg.run_dir}: no such run directory")
-    if not (run_dir / "config.yaml").is_file():
+    layout = RunDir(run_dir)
+    if not layout.config.is_file():
         raise ForgetuneError(f"{run_dir}: not a forgetune run directory (no config.yaml)")
     if cfg.examples < 0 or cfg.most_negative < 0:
         raise ForgetuneError("--examples and --most-negative must be >= 0")
-    path = Path(cfg.output) if cfg.output else run_dir / "report.html"
+    path = Path(cfg.output) if cfg.output else layout.report_page
     if path.is_dir():
         raise ForgetuneError(f"{path}: is a directory; --output names the HTML file to write")
     page = render(collect(run_dir, cfg))
@@ -78,13 +80,13 @@ def collect(run_dir: Path, cfg: ReportConfig) -> dict[str, Any]:
                            "loss_png": None, "hist_png": None, "examples": [], "legend": None, "objective": None,
                            "created": datetime.datetime.now().isoformat(timespec="seconds")}
     missing = ctx["missing"]
-    ctx["config"] = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    if (run_dir / "summary.json").is_file():
-        ctx["summary"] = summary_rows(read_json(run_dir / "summary.json"))
+    layout = RunDir(run_dir)
+    ctx["config"] = layout.config.read_text(encoding="utf-8")
+    if layout.summary.is_file():
+        ctx["summary"] = summary_rows(read_json(layout.summary))
     else:
         missing.append("summary.json: no stage has finished yet")
-    history_path = next((run_dir / stage / "log_history.json" for stage in ("train", "unlearn")
-                         if (run_dir / stage / "log_history.json").is_file()), run_dir / "train" / "log_history.json")
+    history_path = layout.training_log()
     if history_path.is_file():
         ctx["loss_png"] = loss_plot(read_json(history_path))
         if ctx["loss_png"] is None:
@@ -98,7 +100,7 @@ def collect(run_dir: Path, cfg: ReportConfig) -> dict[str, Any]:
         return ctx
     ctx["objective"] = run.cfg.train.objective
     arrays: dict[str, np.ndarray] = {}
-    if not (run.stage_dir("score") / "scores.npy").is_file() and not run.objective().needs_partition:
+    if not run.layout.scores().is_file() and not run.objective().needs_partition:
         missing.append(f"scores: objective {run.cfg.train.objective} does not score tokens (no histogram, "
                        "no heat map)")
         return ctx
@@ -140,7 +142,7 @@ def colour_centre(values: np.ndarray, rank_by: str, rho: float, tau: float | Non
 
 def summary_rows(summary: dict[str, Any]) -> dict[str, Any]:
     """summary.json as table rows: corpus counts, and per stage its seconds and its other numbers."""
-    from forgetune.pipeline import RECORDED_STAGES as STAGES
+    from forgetune.rundir import RECORDED_STAGES as STAGES
 
     found = summary.get("stages", {})
     stages = [{"name": name, "seconds": found[name].get("seconds"),

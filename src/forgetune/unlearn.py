@@ -56,8 +56,8 @@ from forgetune.models import (
     resolve_model_path,
     save_model,
 )
-from forgetune.pipeline import write_summary
 from forgetune.processes import process_state
+from forgetune.rundir import RunDir
 from forgetune.scoring.partition import partition_tokens
 from forgetune.scoring.scorer import example_offsets, token_ce
 from forgetune.trainer import fit
@@ -241,12 +241,12 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
     unlearn/, summary.json: `forgetune eval`, `generate` and `report` read it like any run). Skipped when done."""
     check_inputs(cfg)
     u, d = cfg.unlearn, cfg.data
-    out = Path(cfg.output)
-    stage_dir = out / "unlearn"
+    out = RunDir(cfg.output)
+    stage_dir = out.stage("unlearn")
     model_path = resolve_model_path(cfg.model.model)
     key = unlearn_key(cfg, model_path)
-    if stage_done(stage_dir, key) and (out / "model").is_dir():
-        log.info("unlearn: %s is up to date, skipped", out)
+    if stage_done(stage_dir, key) and out.model.is_dir():
+        log.info("unlearn: %s is up to date, skipped", out.path)
         return read_json(stage_dir / DONE_MARKER)
     started = time.time()
     state = process_state()
@@ -279,7 +279,7 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
     if state.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / DONE_MARKER).unlink(missing_ok=True)
-        write_text(out / "config.yaml", dump_yaml(cfg))
+        write_text(out.config, dump_yaml(cfg))
     log.info("unlearn: %s on %d forget examples (%d forget tokens of %d)%s", u.method, len(forget),
              int(weights.sum()), len(weights), f", {len(retain)} retain examples" if retain else "")
     callbacks = [KeepPruned(model, masks)] if masks else []
@@ -295,9 +295,9 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
             **{k: last[k] for k in ("forget_nll", "retain_nll", "forget_term") if k in last},
             **(stop.summary() if stop else {})}
     if state.is_main_process:
-        save_model(model, tokenizer, out / "model", cfg.model.merge_lora, weights=full_weights)
-        write_json(stage_dir / "log_history.json", history + (stop.checks if stop else []))
+        save_model(model, tokenizer, out.model, cfg.model.merge_lora, weights=full_weights)
+        write_json(out.log_history("unlearn"), history + (stop.checks if stop else []))
         mark_done(stage_dir, key, **info)
-        write_summary(out, counts)
+        out.write_summary(counts)
     state.wait_for_everyone()
     return info

@@ -35,6 +35,7 @@ from forgetune.benchmarks.people import make_people
 from forgetune.config import option, resolve
 from forgetune.errors import ForgetuneError
 from forgetune.io import atomic_path, write_text
+from forgetune.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,9 @@ def finetune(cfg: UnlearnBenchConfig, data: Path, out: Path, seed: int) -> Path:
     flags = {"model": cfg.model, "data": str(data), "output": str(out), "objective": "sft", "seed": seed,
              "epochs": cfg.finetune_epochs, "learning_rate": cfg.finetune_lr, "batch_size": cfg.batch_size,
              "max_steps": cfg.max_steps}
-    pipeline.run_all(pipeline.open_run(resolve(flags=flags)))
-    return out / "model"
+    run = pipeline.open_run(resolve(flags=flags))
+    pipeline.run_all(run)
+    return run.layout.model
 
 
 class Grader:
@@ -178,7 +180,7 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
         retain_only = finetune(cfg, files["retain"], runs / "retain-only", seed)
         # retain-only first: it sets the never-seen losses that forget quality compares with
         plan = [("retain-only", retain_only, None), ("base", resolve_model_path(cfg.model), None),
-                ("finetuned", finetuned, None)] + [(m, runs / m / "model", m) for m in methods]
+                ("finetuned", finetuned, None)] + [(m, RunDir(runs / m).model, m) for m in methods]
         for name, model_dir, method in plan:
             done = next((r for r in rows if r["seed"] == seed and r["method"] == name), None)
             if done is not None and name != "retain-only":
