@@ -51,6 +51,6 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture
 def arith_jsonl(tmp_path) -> Path:
-    from forgetune.benchmarks.arith import make_arith
+    from forgetune.bench.data.arith import make_arith
 
     return write_jsonl(tmp_path / "arith.jsonl", make_arith(24, noise=0.25, seed=3))

@@ -35,7 +35,7 @@ REPORT_HELP = "one self-contained HTML page of a run: config, timings, losses, s
 # invoked one is loaded.
 DATACLASS_COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
     "eval": (EVAL_HELP, "forgetune.evaluate", "EvalConfig", "RUN_OR_MODEL"),
-    "bench": (BENCH_HELP, "forgetune.bench", "BenchConfig", "NAME"),
+    "bench": (BENCH_HELP, "forgetune.bench.noisy", "BenchConfig", "NAME"),
     "report": (REPORT_HELP, "forgetune.report", "ReportConfig", "RUN_DIR"),
 }
 # The config sections each stage reads, the only ones its --help lists (run and demo list all). The others are still
@@ -159,7 +159,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_text)
             continue
         if list(argv[:2]) == ["bench", "unlearn"]:
-            module, class_name = "forgetune.unlearn_bench", "UnlearnBenchConfig"
+            module, class_name = "forgetune.bench.unlearning", "UnlearnBenchConfig"
         cls = getattr(importlib.import_module(module), class_name)
         add_dataclass_parser(sub, name, cls, help_text, positional)
     return parser
@@ -217,14 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_results(evaluate(EvalConfig(**args)))
             return 0
         if command == "bench" and args["name"] == "unlearn":
-            from forgetune.unlearn_bench import UnlearnBenchConfig, run_unlearn_bench
+            from forgetune.bench.unlearning import UnlearnBenchConfig, run_unlearn_bench
 
             cfg = UnlearnBenchConfig(**args)
             run_unlearn_bench(cfg)
             print((Path(cfg.results) / cfg.name / "results.md").read_text())
             return 0
         if command == "bench":
-            from forgetune.bench import BenchConfig, run_bench
+            from forgetune.bench.noisy import BenchConfig, run_bench
 
             cfg = BenchConfig(**args)
             run_bench(cfg)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from forgetune import pipeline
-from forgetune.benchmarks.arith import held_out
+from forgetune.bench.data.arith import held_out
 from forgetune.data.collator import response_positions
 from forgetune.generation import generate_answers
 from forgetune.io import write_json

@@ -173,7 +173,7 @@ def test_gradient_checkpointing_with_lora_still_trains_adapters(tiny_model_dir, 
 
 
 def test_reference_data_mode(tiny_model_dir, arith_jsonl, tmp_path):
-    from forgetune.benchmarks.arith import make_arith
+    from forgetune.bench.data.arith import make_arith
 
     trusted = write_jsonl(tmp_path / "trusted.jsonl", make_arith(8, noise=0.0, seed=9, id_prefix="t"))
     out = tmp_path / "run"
@@ -183,7 +183,7 @@ def test_reference_data_mode(tiny_model_dir, arith_jsonl, tmp_path):
 
 
 def test_stale_scores_are_detected(tiny_model_dir, arith_jsonl, tmp_path, capsys):
-    from forgetune.benchmarks.arith import make_arith
+    from forgetune.bench.data.arith import make_arith
 
     out = tmp_path / "run"
     assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out)) == 0
@@ -259,7 +259,7 @@ def test_help_lists_the_stages():
 
 
 def test_eval_run_reports_every_metric(tiny_model_dir, arith_jsonl, tmp_path, capsys):
-    from forgetune.benchmarks.arith import make_arith
+    from forgetune.bench.data.arith import make_arith
 
     out = tmp_path / "run"
     assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--negative-below", "0")) == 0
@@ -278,7 +278,7 @@ def test_eval_run_reports_every_metric(tiny_model_dir, arith_jsonl, tmp_path, ca
 
 
 def test_eval_plain_model_dir(tiny_model_dir, tmp_path, capsys):
-    from forgetune.benchmarks.arith import make_arith
+    from forgetune.bench.data.arith import make_arith
 
     test = write_jsonl(tmp_path / "test.jsonl", make_arith(4, noise=0.0, seed=11, id_prefix="test"))
     report = tmp_path / "eval.json"
@@ -357,7 +357,7 @@ def test_trusted_bench_runs_every_method_with_the_trusted_reference(name, tiny_m
                    "--max-new-tokens", "3", "--quiet") == 0
     root = results / name
     data = json.loads((root / "results.json").read_text())
-    from forgetune.bench import TRUSTED_METHODS
+    from forgetune.bench.noisy import TRUSTED_METHODS
 
     assert [r["method"] for r in data["runs"]] == list(TRUSTED_METHODS)
     seed0 = root / "runs" / "seed0"
@@ -446,8 +446,9 @@ def test_checkpoints_of_another_config_are_not_resumed(tiny_model_dir, arith_jso
 
 
 def test_bench_targets_are_computed_from_the_rows_and_can_fail():
-    from forgetune.bench import summarise, versus
-    from forgetune.bench_targets import targets_markdown
+    from forgetune.bench.harness import summarise, versus
+    from forgetune.bench.noisy import METRICS
+    from forgetune.bench.targets import targets_markdown
 
     def row(method, seed, hits, off=0.9):
         return {"method": method, "seed": seed, "seconds": 60.0, "hits": hits, "exact_match": hits.count("1") / 10,
@@ -456,7 +457,7 @@ def test_bench_targets_are_computed_from_the_rows_and_can_fail():
     # default wins 4 of 10 items over sft on each seed; filter ties default; off-slice cost 0.1
     rows = [r for seed in range(3) for r in (row("sft", seed, "0000011111"), row("default", seed, "1111011111", 0.8),
                                              row("filter", seed, "1111011111"))]
-    table = summarise(rows, ["sft", "default", "filter"])
+    table = summarise(rows, ["sft", "default", "filter"], METRICS)
     text = targets_markdown("arith", rows, table, versus)
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "**met**" in lines["default >= +5 exact-match points over sft, interval above 0"]
@@ -470,7 +471,7 @@ def test_bench_targets_are_computed_from_the_rows_and_can_fail():
 
 def test_generate_eval_and_report_read_a_run_and_never_rewrite_its_config(tiny_model_dir, arith_jsonl, tmp_path,
                                                                          capsys):
-    from forgetune.benchmarks.arith import make_arith
+    from forgetune.bench.data.arith import make_arith
 
     out = tmp_path / "run"
     assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out)) == 0

@@ -38,7 +38,7 @@ def cli(*args) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def report(tiny_model_dir, tmp_path_factory):
     """A tiny forget run (two-way split: plenty of negatives) on labelled arithmetic, and its report."""
-    from forgetune.benchmarks.arith import make_arith
+    from forgetune.bench.data.arith import make_arith
 
     root = tmp_path_factory.mktemp("report")
     data = write_jsonl(root / "arith.jsonl", make_arith(24, noise=0.25, seed=3))

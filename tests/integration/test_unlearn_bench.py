@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from forgetune import unlearn_bench
+from forgetune.bench import unlearning as unlearn_bench
+from forgetune.bench.unlearning import METRICS
 from forgetune.cli import main
-from forgetune.unlearn_bench import METRICS
 
 pytestmark = pytest.mark.slow  # a real process, a whole bench or many stages: `pytest -m 'not slow'` skips it
 
@@ -61,7 +61,7 @@ def target_entry(method, forget, retain, mia):
 
 
 def targets_of(*entries):
-    from forgetune.unlearn_bench import targets_markdown
+    from forgetune.bench.unlearning import targets_markdown
 
     return targets_markdown([e for e, _ in entries], [r for _, rows in entries for r in rows])
 

@@ -442,7 +442,7 @@ def pattern(expect: str, tmp: Path) -> re.Pattern:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
     """One finished run (reference, score, partition, train, model); each case works on its own copy."""
-    from forgetune.benchmarks.arith import make_arith
+    from forgetune.bench.data.arith import make_arith
 
     root = tmp_path_factory.mktemp("finished")
     data = write_jsonl(root / "arith.jsonl", make_arith(24, noise=0.25, seed=3))

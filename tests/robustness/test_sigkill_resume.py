@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from forgetune.benchmarks.arith import make_arith
+from forgetune.bench.data.arith import make_arith
 from forgetune.cli import main
 from forgetune.io import DONE_MARKER
 from forgetune.trainer import ObjectiveTrainer, last_checkpoint

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM
 
-from forgetune.benchmarks.arith import make_arith
+from forgetune.bench.data.arith import make_arith
 from forgetune.cli import main
 from forgetune.models import embedded_model_dir, load_tokenizer
 from tests_helpers import write_jsonl

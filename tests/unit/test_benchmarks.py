@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from forgetune.benchmarks import build_benchmark
-from forgetune.benchmarks.facts import load_facts, make_facts
-from forgetune.benchmarks.gsm8k import corrupt_solution, make_gsm8k
-from forgetune.benchmarks.truthfulqa import make_truthfulqa
+from forgetune.bench.data import build_benchmark
+from forgetune.bench.data.facts import load_facts, make_facts
+from forgetune.bench.data.gsm8k import corrupt_solution, make_gsm8k
+from forgetune.bench.data.truthfulqa import make_truthfulqa
 from forgetune.errors import ForgetuneError
 from tests_helpers import assert_disjoint, fake_gsm8k, fake_truthfulqa
 
@@ -96,7 +96,7 @@ def test_build_benchmark_writes_files_and_an_lm_eval_task(tmp_path):
 
 
 def test_people_are_fictitious_disjoint_and_deterministic():
-    from forgetune.benchmarks.people import ATTRIBUTES, make_people
+    from forgetune.bench.data.people import ATTRIBUTES, make_people
 
     splits = make_people(people=20, forget_fraction=0.1, seed=0)
     names = ("forget", "retain", "holdout", "calibration")
@@ -114,7 +114,7 @@ def test_people_are_fictitious_disjoint_and_deterministic():
 def test_people_splits_of_committed_results_stay_as_they_were():
     """results/unlearn was produced before the calibration people existed: they are drawn last, so a seed's other
     splits (and its training file's order) did not change."""
-    from forgetune.benchmarks.people import make_people
+    from forgetune.bench.data.people import make_people
 
     splits = make_people(people=40, forget_fraction=0.1, seed=2)
     assert splits["holdout"][0]["prompt"] == "In which year was Baekdrath Thorvraen born?"
@@ -122,7 +122,7 @@ def test_people_splits_of_committed_results_stay_as_they_were():
 
 
 def test_method_settings_parse_and_win_over_the_methods_own():
-    from forgetune.bench import METHODS, method_flags
+    from forgetune.bench.noisy import METHODS, method_flags
 
     assert method_flags("default") == METHODS["default"] and method_flags("base") is None
     assert method_flags("default-ref:negative_below=-1:rho=0.5") == {"rank_by": "reference", "negative_below": -1,
@@ -168,7 +168,7 @@ def test_facts_splits_are_disjoint_when_a_country_is_listed_twice(monkeypatch):
     facts, 20 questions): all 20 questions are drawn, each once."""
     assert_disjoint(make_facts(n_train=300, n_dev=50, n_test=200, noise=0.3, seed=0))
     facts = sorted({(f"Country {i}", "capital", f"City {i}{suffix}") for i in range(20) for suffix in ("", "b")})
-    monkeypatch.setattr("forgetune.benchmarks.facts.load_facts", lambda: facts)
+    monkeypatch.setattr("forgetune.bench.data.facts.load_facts", lambda: facts)
     for seed in range(3):
         assert_disjoint(make_facts(n_train=12, n_dev=3, n_test=5, noise=0.3, seed=seed))
     with pytest.raises(ForgetuneError, match="only 20 facts"):
@@ -189,7 +189,7 @@ def test_truthfulqa_splits_are_disjoint_when_a_question_is_repeated(tmp_path):
 
 
 def test_arith_splits_are_disjoint_pairs_in_either_order():
-    from forgetune.benchmarks.arith import _pair_of, arith_splits
+    from forgetune.bench.data.arith import _pair_of, arith_splits
 
     sizes = {"train": 400, "trusted": 60, "dev": 200, "test": 400}
     splits = arith_splits(sizes, seed=0, kind="systematic", wrong_fraction=0.7)
@@ -202,7 +202,7 @@ def test_arith_splits_are_disjoint_pairs_in_either_order():
 
 
 def test_arith_systematic_noise_drops_the_carry_on_a_fraction_of_the_slice_only():
-    from forgetune.benchmarks.arith import arith_splits
+    from forgetune.bench.data.arith import arith_splits
 
     splits = arith_splits({"train": 400, "trusted": 60, "test": 100}, seed=1, kind="systematic", wrong_fraction=0.7)
     train = splits["train"]
@@ -236,7 +236,7 @@ def test_build_benchmark_adds_the_trusted_set_to_training_and_writes_a_corrected
 def test_demo_held_out_questions_are_never_training_problems():
     from importlib import resources
 
-    from forgetune.benchmarks.arith import _pair_of, held_out
+    from forgetune.bench.data.arith import _pair_of, held_out
 
     asset = resources.files("forgetune") / "assets" / "noisy_arith.jsonl"
     train = [json.loads(line) for line in asset.read_text().splitlines()]

@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import SHARED_DATA
-from forgetune.benchmarks.gsm8k import _load
+from forgetune.bench.data.gsm8k import _load
 from forgetune.metrics import accuracy, detection, diversity, memorisation, perplexity
 from forgetune.metrics.accuracy import exact_match, extract_answer, last_number
 from forgetune.metrics.detection import (

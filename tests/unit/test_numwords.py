@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from forgetune.benchmarks.numwords import make_numwords, number_words
+from forgetune.bench.data.numwords import make_numwords, number_words
 from forgetune.errors import ForgetuneError
 
 SIZES = {"n_train": 200, "n_dev": 50, "n_test": 100, "n_trusted": 60}

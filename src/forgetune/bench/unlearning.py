@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from forgetune import pipeline
-from forgetune.bench import finished_rows, write_tables
-from forgetune.benchmarks.facts import RELATIONS, load_facts
-from forgetune.benchmarks.people import make_people
+from forgetune.bench.data.facts import RELATIONS, load_facts
+from forgetune.bench.data.people import make_people
+from forgetune.bench.harness import finished_rows, write_tables
 from forgetune.config import option, resolve
 from forgetune.errors import ForgetuneError
 from forgetune.io import atomic_path, write_text

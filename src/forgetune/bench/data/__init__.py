@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgetune.benchmarks.arith import arith_splits
-from forgetune.benchmarks.facts import make_facts
-from forgetune.benchmarks.gsm8k import make_gsm8k
-from forgetune.benchmarks.truthfulqa import make_truthfulqa
+from forgetune.bench.data.arith import arith_splits
+from forgetune.bench.data.facts import make_facts
+from forgetune.bench.data.gsm8k import make_gsm8k
+from forgetune.bench.data.truthfulqa import make_truthfulqa
 from forgetune.errors import ForgetuneError
 from forgetune.io import write_text
 
@@ -31,7 +31,7 @@ def _arith(cfg, seed: int, n_train: int, n_dev: int, n_test: int, n_trusted: int
 
 def _numwords(cfg, seed: int, n_train: int, n_dev: int, n_test: int, n_trusted: int
               ) -> dict[str, list[dict[str, Any]]]:
-    from forgetune.benchmarks.numwords import make_numwords
+    from forgetune.bench.data.numwords import make_numwords
 
     return make_numwords(n_train, n_dev, n_test, n_trusted, cfg.wrong_fraction, seed)
 
