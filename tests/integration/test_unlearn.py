@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from conftest import build_tiny_llama
+from forgetune import unlearning
 from forgetune.cli import main
 from forgetune.data.formats import IGNORE_INDEX, Example, load_examples
 from forgetune.io import DONE_MARKER
@@ -38,7 +39,7 @@ RETAIN = [
     {"prompt": "What is the capital of France?", "completion": "Paris is the capital of France."},
     {"prompt": "How many legs has a cat?", "completion": "A cat has four legs."},
 ]
-METHODS = ["ga", "graddiff", "npo", "simnpo", "constrained", "constrained-surgery", "l1sparse"]
+METHODS = unlearning.names()  # every registered method, a new one included, runs through the CLI
 
 
 @pytest.fixture
