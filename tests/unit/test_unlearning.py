@@ -382,3 +382,24 @@ def test_prune_exact_count_with_ties_and_edges():
     assert all(mask.all() for mask in prune(TinyModel(), 0.0).values())
     with pytest.raises(ValueError, match="sparsity"):
         prune(model, 1.5)
+
+
+# ---------------------------------------------------------------- wga (added as one file: unlearning/wga.py)
+
+
+def test_wga_weighs_each_forget_tokens_ascent_by_its_probability_to_the_beta():
+    """CE = [ln 2, ln 4] -> p = [1/2, 1/4]. beta 1: weights 1/2, 1/4 (constants) -> L_f = -(1/2 ln 2 + 1/4 ln 4) / 2
+    = -(ln 2) / 2 = -0.346574; d L_f / d ce_i = -w_i / 2 = [-1/4, -1/8]: the likelier token is pushed harder.
+    beta 2: weights 1/4, 1/16 -> -(1/4 ln 2 + 1/16 ln 4) / 2 = -(3/16) ln 2. beta 0 is GA: -(ln 2 + ln 4) / 2.
+    The retain token (ce 1.5, weight 1) adds 1 * 1.5 and gets gradient +1."""
+    ce, batch = tokens([[LN2], [2 * LN2]], [[1.5]], grad=True)
+    loss, metrics = unlearning.build("wga")(ce, batch)
+    assert metrics["forget_term"] == pytest.approx(-LN2 / 2)
+    assert loss.item() == pytest.approx(-LN2 / 2 + 1.5)
+    assert grad_of(loss, ce) == pytest.approx([-0.25, -0.125, 1.0])
+    forget_only = unlearning.build("wga", beta=2.0, retain_weight=0.0)(*tokens([[LN2], [2 * LN2]]))[0]
+    assert forget_only.item() == pytest.approx(-3 / 16 * LN2)
+    ga_like = unlearning.build("wga", beta=0.0, retain_weight=0.0)(*tokens([[LN2], [2 * LN2]]))[0]
+    assert ga_like.item() == pytest.approx(unlearning.build("ga")(*tokens([[LN2], [2 * LN2]]))[0].item())
+    with pytest.raises(ValueError, match=">= 0"):
+        unlearning.build("wga", beta=-1.0)

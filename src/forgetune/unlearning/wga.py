@@ -1,0 +1,32 @@
+"""Weighted gradient ascent (WGA; Wang et al., 2025, "Rethinking LLM Unlearning Objectives: A Gradient Perspective
+and Go Beyond"; open-unlearning's WGA): gradient ascent whose per-token terms are weighted by the token's probability
+to the power beta, a constant (no gradient flows through the weight):
+
+    L_f = -mean over forget tokens of p_t^beta * CE_t,   p_t^beta = exp(-beta * CE_t).
+
+A token the model already finds unlikely weighs little, so ascent stops pushing what is already forgotten and does not
+run away the way plain GA does; beta = 0 is GA. Plus `retain_weight` (open-unlearning's alpha) times the per-token
+retain NLL.
+"""
+
+import torch
+
+from forgetune.objectives.base import masked_mean
+from forgetune.unlearning import register
+from forgetune.unlearning.base import UnlearnMethod
+
+
+@register("wga")
+class WGA(UnlearnMethod):
+    def __init__(self, beta: float = 1.0, retain_weight: float = 1.0):  # open-unlearning's defaults (beta, alpha)
+        super().__init__(retain_weight)
+        if beta < 0:
+            raise ValueError(f"wga beta must be >= 0, got {beta}")
+        self.beta = beta
+
+    def forget_term(self, ce, tokens):
+        forget = tokens.polarity == -1
+        if not bool(forget.any()):
+            raise ValueError("the batch has no forget token")
+        weight = torch.exp(-self.beta * ce.detach())
+        return -masked_mean(weight * ce, forget)
