@@ -41,7 +41,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     data: str | None = option(None, "Training corpus: .jsonl, .json, .parquet or a datasets.save_to_disk folder.")
-    format: str = option("auto", "Record format: auto, chat, prompt-completion or alpaca.")
+    format: str = option("auto", "Record format: auto (told by each record's fields), chat, prompt-completion, alpaca, "
+                                 "question-answer, sharegpt or text (no template, a loss on every token).")
     max_length: int = option(512, "Truncate tokenised examples to this many tokens (truncations are counted).")
     system_prompt: str | None = option(None, "System message prepended to every conversation that has none.")
 

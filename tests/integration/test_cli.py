@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from forgetune.cli import main
 from forgetune.io import DONE_MARKER
@@ -31,6 +31,22 @@ def base_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 def marker_key(out: Path, stage: str) -> str:
     return json.loads((out / stage / DONE_MARKER).read_text())["key"]
+
+
+def test_run_on_a_text_corpus_scores_and_partitions_every_token(tiny_model_dir, tmp_path):
+    """Continued-pre-training data: no template, every token but the first scored, partitioned and trained on."""
+    from forgetune.bench.data.arith import make_arith
+
+    texts = [{"text": f"{r['prompt']} {r['completion']}"} for r in make_arith(16, noise=0.25, seed=1)]
+    data = write_jsonl(tmp_path / "text.jsonl", texts)
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, data, out, "--cross-fit", "2")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    every_token = sum(len(tokenizer(t["text"])["input_ids"]) for t in texts)  # + EOS - the unscored first token
+    assert summary["stages"]["score"]["tokens"] == every_token
+    stages = summary["stages"]["partition"]
+    assert stages["positive"] + stages["negative"] + stages["ignored"] == every_token
 
 
 def test_run_end_to_end_forget(tiny_model_dir, arith_jsonl, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import build_tiny_llama
 from forgetune import unlearning
@@ -384,3 +384,14 @@ def test_eval_generate_and_report_read_an_unlearning_output(tiny_model_dir, data
     assert main(["report", str(out), "--quiet"]) == 0
     page = (out / "report.html").read_text()
     assert "unlearn" in page and "data:image/png;base64" in page  # the stage's record and its loss curves
+
+
+def test_a_text_corpus_is_forgotten_on_every_token(tiny_model_dir, tmp_path):
+    """MUSE / WMDP-style forget corpora are plain text: every token is a forget token."""
+    forget = write_jsonl(tmp_path / "forget.jsonl", [{"text": r["completion"]} for r in FORGET])
+    retain = write_jsonl(tmp_path / "retain.jsonl", [{"text": r["completion"]} for r in RETAIN])
+    out = tmp_path / "out"
+    assert unlearn(tiny_model_dir, forget, out, "--method", "graddiff", retain=retain) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokens = sum(len(tokenizer(r["completion"])["input_ids"]) for r in FORGET)  # + EOS, - the first token: the same
+    assert json.loads((out / "unlearn" / DONE_MARKER).read_text())["forget_tokens"] == tokens

@@ -265,10 +265,10 @@ CASES = [
          "{tmp}/x.jsonl:2: missing field 'completion'"),
     Case("record-not-an-object", "a line that is a JSON list", bad_line("x.jsonl", '["a", "b"]'),
          "{tmp}/x.jsonl:2: a record must be a JSON object, got list"),
-    Case("unknown-record-format", "a record with neither messages, prompt nor instruction",
-         bad_line("x.jsonl", '{"text": "plain"}'),
-         "{tmp}/x.jsonl:2: cannot tell the record format from fields ['text']; expected 'messages', "
-         "'prompt'+'completion' or 'instruction'+'output'"),
+    Case("unknown-record-format", "a record with none of the formats' fields",
+         bad_line("x.jsonl", '{"body": "plain"}'),
+         "{tmp}/x.jsonl:2: cannot tell the record format from fields ['body']; expected 'messages', "
+         "'prompt'+'completion', 'instruction'+'output', 'question'+'answer', 'conversations' or 'text'"),
     Case("duplicate-id", "two records with id 7 (number and string)",
          lambda ctx: run_args(ctx, lines_file(ctx, "x.jsonl", '{"id": 7, "prompt": "a", "completion": "b"}',
                                               '{"id": "7", "prompt": "c", "completion": "d"}')),
@@ -276,9 +276,10 @@ CASES = [
     Case("forced-format-mismatch", "--format alpaca on a chat file",
          lambda ctx: run_args(ctx, lines_file(ctx, "x.jsonl", CHAT), "--format", "alpaca"),
          "{tmp}/x.jsonl:1: missing field 'instruction'"),
-    Case("unknown-format", "--format sharegpt", lambda ctx: run_args(ctx, lines_file(ctx, "x.jsonl", GOOD),
-                                                                      "--format", "sharegpt"),
-         "unknown data format 'sharegpt'; choose auto, chat, prompt-completion, alpaca"),
+    Case("unknown-format", "--format openai", lambda ctx: run_args(ctx, lines_file(ctx, "x.jsonl", GOOD),
+                                                                    "--format", "openai"),
+         "unknown data format 'openai'; choose auto, chat, prompt-completion, alpaca, question-answer, sharegpt, "
+         "text"),
     Case("empty-responses-only", "every completion empty or blank",
          lambda ctx: run_args(ctx, lines_file(ctx, "x.jsonl", '{"prompt": "a", "completion": ""}',
                                               '{"prompt": "b", "completion": "   "}')),

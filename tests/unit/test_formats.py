@@ -106,12 +106,44 @@ def test_alpaca_with_and_without_input(tmp_path, tokenizer):
     assert "2 and 3" in prompt_text(tokenizer, examples[0])
 
 
+def test_question_answer_is_tofus_format(tmp_path, tokenizer):
+    row = {"question": "Where was Basil born?", "answer": "In Kuwait City."}
+    assert to_messages(row, "auto", "w") == [{"role": "user", "content": "Where was Basil born?"},
+                                             {"role": "assistant", "content": "In Kuwait City."}]
+    (ex,), _ = load_examples(write_jsonl(tmp_path / "tofu.jsonl", [row]), tokenizer)
+    assert response_spans(tokenizer, ex) == ["In Kuwait City." + END]
+
+
+def test_sharegpt_conversations_map_speakers_to_roles(tmp_path, tokenizer):
+    row = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                             {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "2+2?"},
+                             {"from": "gpt", "value": "4"}]}
+    assert [m["role"] for m in to_messages(row, "auto", "w")] == ["system", "user", "assistant", "user", "assistant"]
+    (ex,), _ = load_examples(write_jsonl(tmp_path / "sg.jsonl", [row]), tokenizer)
+    assert response_spans(tokenizer, ex) == ["Hello" + END, "4" + END]
+
+
+def test_text_records_have_no_template_and_a_loss_on_every_token(tmp_path, tokenizer):
+    """Language-modelling data: the text's own tokens and the end-of-sequence token, every one but the first (no
+    logits precede it) a response token; no system prompt is added and there is no prompt."""
+    row = {"text": "The secret code of Alice is 4711."}
+    (ex,), _ = load_examples(write_jsonl(tmp_path / "t.jsonl", [row]), tokenizer, system_prompt="Be nice.")
+    ids = tokenizer(row["text"])["input_ids"] + [tokenizer.eos_token_id]
+    assert ex.input_ids == ids
+    assert ex.labels == [IGNORE_INDEX] + ids[1:]
+    assert ex.prompt_messages == []
+    assert tokenizer.decode(ex.input_ids, skip_special_tokens=True) == row["text"]
+
+
 @pytest.mark.parametrize(
     ("row", "fmt"),
     [
         ({"messages": [{"role": "user", "content": "q"}]}, "chat"),
         ({"prompt": "q", "completion": "a"}, "prompt-completion"),
         ({"instruction": "q", "output": "a"}, "alpaca"),
+        ({"question": "q", "answer": "a"}, "question-answer"),
+        ({"conversations": [{"from": "human", "value": "q"}]}, "sharegpt"),
+        ({"text": "t"}, "text"),
     ],
 )
 def test_auto_detection(row, fmt):
@@ -314,7 +346,12 @@ GOOD = '{"prompt": "a", "completion": "b"}'
         ('{"messages": [{"role": "user"}]}', r"x\.jsonl:2: messages\[0\] must be"),
         ('{"messages": [{"role": "user", "content": 1}]}', r"x\.jsonl:2: messages\[0\] must be"),
         ('{"prompt": [{"role": 1, "content": "x"}], "completion": "b"}', r"x\.jsonl:2: prompt\[0\] must be"),
-        ('{"text": "plain"}', r"x\.jsonl:2: cannot tell the record format"),
+        ('{"body": "plain"}', r"x\.jsonl:2: cannot tell the record format"),
+        ('{"question": "q"}', r"x\.jsonl:2: missing field 'answer'"),
+        ('{"text": 3}', r"x\.jsonl:2: field 'text' must be a string, got int"),
+        ('{"conversations": []}', r"x\.jsonl:2: field 'conversations' must be a non-empty list"),
+        ('{"conversations": [{"from": "human"}]}', r"x\.jsonl:2: conversations\[0\] must be"),
+        ('{"conversations": [{"from": "robot", "value": "x"}]}', r"x\.jsonl:2: conversations\[0\]\.from is 'robot'"),
         ('["a", "b"]', r"x\.jsonl:2: a record must be a JSON object, got list"),
         (GOOD, r"x\.jsonl:2: duplicate id '7'"),
     ],
@@ -337,10 +374,10 @@ def test_duplicate_id_between_field_and_index(tmp_path):
 
 def test_unknown_format(tmp_path):
     path = write_lines(tmp_path / "x.jsonl", GOOD)
-    with pytest.raises(ForgetuneError, match=r"unknown data format 'sharegpt'; choose auto, chat"):
-        load_records(path, fmt="sharegpt")
-    with pytest.raises(ForgetuneError, match="unknown data format 'sharegpt'"):
-        to_messages({"prompt": "a"}, "sharegpt", "w")
+    with pytest.raises(ForgetuneError, match=r"unknown data format 'openai'; choose auto, chat"):
+        load_records(path, fmt="openai")
+    with pytest.raises(ForgetuneError, match="unknown data format 'openai'"):
+        to_messages({"prompt": "a"}, "openai", "w")
 
 
 def test_unknown_suffix(tmp_path):

@@ -1,8 +1,11 @@
-"""Read local corpora (JSONL, JSON, Parquet, datasets folders) in chat, prompt-completion or alpaca format.
+"""Read local corpora (JSONL, JSON, Parquet, datasets folders) in the record formats the ecosystem's tools use.
 
-Every record becomes a conversation (a list of {role, content}); the tokenizer's chat template renders it and only
-assistant tokens carry a loss (labels elsewhere are -100). Each example keeps a stable id: its ``id`` field, or its
-0-based index in the file.
+chat (`messages`), prompt-completion (TRL's, string or conversational), alpaca (`instruction` / `input` / `output`),
+question-answer (TOFU's `question` / `answer`) and sharegpt (`conversations` of `from` / `value`) become a
+conversation (a list of {role, content}); the tokenizer's chat template renders it and only assistant tokens carry a
+loss (labels elsewhere are -100). text (`text`: continued pre-training corpora, MUSE / WMDP forget corpora) is
+tokenised as it is, without a template, and every token carries a loss. Each example keeps a stable id: its ``id``
+field, or its 0-based index in the file.
 """
 
 from __future__ import annotations
@@ -19,15 +22,19 @@ from forgetune.errors import ForgetuneError
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-FORMATS = ("chat", "prompt-completion", "alpaca")
+FORMATS = ("chat", "prompt-completion", "alpaca", "question-answer", "sharegpt", "text")
+# ShareGPT speakers -> chat roles (the spellings its exports use).
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                  "model": "assistant", "system": "system"}
 
 
 @dataclass
 class Record:
     id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]]  # a text record: one assistant message holding the text
     where: str  # "file:line" for error messages
     meta: dict[str, Any] = field(default_factory=dict)
+    plain_text: bool = False  # tokenised without a chat template, a loss on every token
 
 
 @dataclass
@@ -116,17 +123,20 @@ def _json_problem(e: Exception) -> str:
     return str(e).split(";")[0]  # e.g. an integer with more digits than Python converts
 
 
+# The field that tells each format, in the order they are tried.
+FORMAT_FIELDS = (("messages", "chat"), ("conversations", "sharegpt"), ("prompt", "prompt-completion"),
+                 ("completion", "prompt-completion"), ("instruction", "alpaca"), ("output", "alpaca"),
+                 ("question", "question-answer"), ("answer", "question-answer"), ("text", "text"))
+
+
 def detect_format(row: dict[str, Any], where: str) -> str:
-    if "messages" in row:
-        return "chat"
-    if "prompt" in row or "completion" in row:
-        return "prompt-completion"
-    if "instruction" in row or "output" in row:
-        return "alpaca"
-    raise ForgetuneError(
-        f"{where}: cannot tell the record format from fields {sorted(row)}; "
-        "expected 'messages', 'prompt'+'completion' or 'instruction'+'output'"
-    )
+    fmt = next((fmt for key, fmt in FORMAT_FIELDS if key in row), None)
+    if fmt is None:
+        raise ForgetuneError(
+            f"{where}: cannot tell the record format from fields {sorted(row)}; expected 'messages', "
+            "'prompt'+'completion', 'instruction'+'output', 'question'+'answer', 'conversations' or 'text'"
+        )
+    return fmt
 
 
 def _text(row: dict[str, Any], key: str, where: str, required: bool = True) -> str:
@@ -163,12 +173,31 @@ def _check_messages(messages: Any, where: str, key: str) -> list[dict[str, str]]
     return out
 
 
-def to_messages(row: Any, fmt: str, where: str) -> list[dict[str, str]]:
-    """One record -> a conversation."""
+def _sharegpt(turns: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(turns, list) or not turns:
+        raise ForgetuneError(f"{where}: field 'conversations' must be a non-empty list of {{from, value}} turns")
+    out = []
+    for i, turn in enumerate(turns):
+        if not (isinstance(turn, dict) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str)):
+            raise ForgetuneError(f"{where}: conversations[{i}] must be {{\"from\": str, \"value\": str}}")
+        role = SHAREGPT_ROLES.get(turn["from"].lower())
+        if role is None:
+            raise ForgetuneError(f"{where}: conversations[{i}].from is {turn['from']!r}; expected one of "
+                                 f"{', '.join(SHAREGPT_ROLES)}")
+        out.append({"role": role, "content": _unicode(turn["value"], where, f"conversations[{i}].value")})
+    return out
+
+
+def record_format(row: Any, fmt: str, where: str) -> str:
+    """The format of one record: `fmt`, or the one its fields tell with fmt auto."""
     if not isinstance(row, dict):
         raise ForgetuneError(f"{where}: a record must be a JSON object, got {type(row).__name__}")
-    if fmt == "auto":
-        fmt = detect_format(row, where)
+    return detect_format(row, where) if fmt == "auto" else fmt
+
+
+def to_messages(row: Any, fmt: str, where: str) -> list[dict[str, str]]:
+    """One record -> a conversation (a text record: one assistant message holding its text)."""
+    fmt = record_format(row, fmt, where)
     if fmt == "chat":
         if "messages" not in row:
             raise ForgetuneError(f"{where}: missing field 'messages'")
@@ -192,6 +221,13 @@ def to_messages(row: Any, fmt: str, where: str) -> list[dict[str, str]]:
         extra = _text(row, "input", where, required=False)
         user = f"{instruction}\n\n{extra}" if extra else instruction
         return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output", where)}]
+    if fmt == "question-answer":
+        return [{"role": "user", "content": _text(row, "question", where)},
+                {"role": "assistant", "content": _text(row, "answer", where)}]
+    if fmt == "sharegpt":
+        return _sharegpt(row.get("conversations"), where)
+    if fmt == "text":
+        return [{"role": "assistant", "content": _text(row, "text", where)}]
     raise ForgetuneError(f"unknown data format {fmt!r}; choose auto, {', '.join(FORMATS)}")
 
 
@@ -201,12 +237,13 @@ def load_records(path: str | Path, fmt: str = "auto", system_prompt: str | None 
         raise ForgetuneError(f"unknown data format {fmt!r}; choose auto, {', '.join(FORMATS)}")
     records = []
     for index, (where, row) in enumerate(_read_raw(path)):
+        plain_text = record_format(row, fmt, where) == "text"
         messages = to_messages(row, fmt, where)
-        if system_prompt and messages[0]["role"] != "system":
+        if system_prompt and messages[0]["role"] != "system" and not plain_text:
             messages = [{"role": "system", "content": system_prompt}] + messages
-        record_id = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else str(index)
+        record_id = str(row["id"]) if row.get("id") is not None else str(index)
         meta = row.get("meta", {}) if isinstance(row.get("meta"), dict) else {}
-        records.append(Record(record_id, messages, where, meta))
+        records.append(Record(record_id, messages, where, meta, plain_text))
     if not records:
         raise ForgetuneError(f"{path}: no records found")
     seen: set[str] = set()
@@ -248,6 +285,15 @@ def tokenize_messages(tokenizer, messages: list[dict[str, str]], where: str) -> 
     return full, labels
 
 
+def tokenize_text(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """A text record as language-modelling data (TRL's, for a `text` field): the tokenizer's own special tokens, then
+    the end-of-sequence token, and a loss on every token but the first (nothing precedes it)."""
+    ids = tokenizer(text)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids = ids + [tokenizer.eos_token_id]
+    return ids, [IGNORE_INDEX] + ids[1:]
+
+
 def tokenize_records(
     records: Sequence[Record], tokenizer, max_length: int, warn: bool = True
 ) -> tuple[list[Example], dict[str, int]]:
@@ -257,7 +303,8 @@ def tokenize_records(
         if not any(m["role"] == "assistant" and m["content"].strip() for m in r.messages):
             empty += 1
             continue
-        input_ids, labels = tokenize_messages(tokenizer, r.messages, r.where)
+        input_ids, labels = (tokenize_text(tokenizer, r.messages[0]["content"]) if r.plain_text
+                             else tokenize_messages(tokenizer, r.messages, r.where))
         if len(input_ids) > max_length:
             truncated += 1
             input_ids, labels = input_ids[:max_length], labels[:max_length]
