@@ -138,6 +138,12 @@ class TrainConfig:
         "apart. 'none': no bound. A non-finite loss always stops training."
     )
     seed: int = option(42, "Seed of data order, subsets, folds and initialisation.")
+    report_to: str = option(
+        "none", "Trackers that get every logged step (the objective's terms included), besides log_history.json: none, "
+        "or a comma list of transformers' report_to names (tensorboard, wandb, trackio, mlflow, ...). tensorboard "
+        "writes STAGE/tensorboard/ inside the run (pip install 'forgetune[track]')."
+    )
+    run_name: str | None = option(None, "Run name shown by the trackers (default: the stage's folder, e.g. myrun/train).")
 
 
 @dataclass
@@ -312,6 +318,15 @@ TRUSTED_REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "partition": {"rank_by": "reference", "negative_below": -2.3},
     "train": {"objective": "ignore"},
 }
+
+
+# Train settings that change where the logs go, not the result: left out of every stage's cache key.
+TRACKING_FIELDS = ("report_to", "run_name")
+
+
+def result_settings(train: TrainConfig, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The train section's settings that decide a stage's result (its cache key's share)."""
+    return {k: v for k, v in dataclasses.asdict(train).items() if k not in (*TRACKING_FIELDS, *leave_out)}
 
 
 # `forgetune unlearn`'s own train-section defaults (explicit settings win): a small constant learning rate for a few

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from forgetune import objectives
-from forgetune.config import RunConfig, dump_yaml, from_dict, load_yaml
+from forgetune.config import RunConfig, dump_yaml, from_dict, load_yaml, result_settings
 from forgetune.data.collator import make_features
 from forgetune.data.formats import Example, load_examples, load_records
 from forgetune.errors import ForgetuneError
@@ -104,7 +104,7 @@ class Run:
 
     def train_key(self) -> str:
         upstream = self.partition_key() if self.objective().needs_partition else self.data_key
-        return hash_obj("train", upstream, dataclasses.asdict(self.cfg.train), dataclasses.asdict(self.cfg.model))
+        return hash_obj("train", upstream, result_settings(self.cfg.train), dataclasses.asdict(self.cfg.model))
 
     def objective(self) -> objectives.Objective:
         return objectives.build(self.cfg.train)

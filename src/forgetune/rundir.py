@@ -8,7 +8,8 @@ Layout::
                             unless keep_references), .done.json
     score/                  ce_base.npy, ce_ref.npy, scores.npy (float32, flat, corpus order), offsets.npy, ids.json
     partition/              polarity.npy (int8: +1 positive, -1 negative, 0 ignored), .done.json
-    train/                  log_history.json, .done.json (checkpoints/ while running)
+    train/                  log_history.json, .done.json (checkpoints/ while running; tensorboard/ with
+                            --report-to tensorboard)
     unlearn/                the same, for a run made by `forgetune unlearn` (instead of the four stages above)
     model/                  the trained (or unlearned) model, a Hugging Face dir
     summary.json            token counts, losses, lambda, stage timings

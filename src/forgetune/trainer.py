@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
 from forgetune.config import TrainConfig
@@ -183,6 +183,10 @@ def fit(
     state.wait_for_everyone()
     dtype = next(model.parameters()).dtype
     on_gpu = torch.cuda.is_available()
+    trackers = reporters(cfg.report_to)
+    callbacks = list(callbacks or [])
+    if "tensorboard" in trackers and state.is_main_process:
+        callbacks.append(tensorboard_callback(work_dir / "tensorboard"))
     try:
         args = TrainingArguments(
             output_dir=str(ckpt_dir),
@@ -201,7 +205,8 @@ def fit(
             save_total_limit=1,
             seed=cfg.seed,
             data_seed=cfg.seed,
-            report_to="none",
+            report_to=[t for t in trackers if t != "tensorboard"] or "none",  # tensorboard: our callback, our folder
+            run_name=cfg.run_name or "/".join(work_dir.parts[-2:]),  # e.g. myrun/train
             remove_unused_columns=False,
             dataloader_pin_memory=on_gpu,
             use_cpu=not on_gpu,  # a CPU state: several launched CPU processes then form one gloo group
@@ -243,6 +248,31 @@ def fit(
     if state.is_main_process:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return trainer.model, trainer.state.log_history, weights
+
+
+def reporters(report_to: str) -> list[str]:
+    """`--report-to` as transformers' names; an unknown name is one line."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise ForgetuneError(f"unknown --report-to {', '.join(unknown)}; choose none or a comma list of "
+                             f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+    return names
+
+
+def tensorboard_callback(log_dir: Path) -> TrainerCallback:
+    """transformers' TensorBoard callback writing into the run (its default folder sits under the checkpoints, which
+    a finished training deletes)."""
+    from transformers.integrations import TensorBoardCallback
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ForgetuneError("--report-to tensorboard needs the tensorboard package: pip install 'forgetune[track]'"
+                             ) from None
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
 
 
 def last_checkpoint(ckpt_dir: Path) -> Path | None:

@@ -34,7 +34,7 @@ import torch
 from transformers import TrainerCallback
 
 from forgetune import unlearning
-from forgetune.config import UNLEARN_DEFAULTS, RunConfig, UnlearnConfig, dump_yaml, resolve
+from forgetune.config import UNLEARN_DEFAULTS, RunConfig, UnlearnConfig, dump_yaml, resolve, result_settings
 from forgetune.data.collator import Collator, make_features
 from forgetune.data.formats import Example, load_examples
 from forgetune.errors import ForgetuneError
@@ -218,7 +218,7 @@ def unlearn_key(cfg: RunConfig, model_path: Path) -> str:
     u = cfg.unlearn
     files = {name: fingerprint_path(getattr(u, name)) for name in ("forget", "retain", "holdout") if getattr(u, name)}
     ref = model_fingerprint(resolve_model_path(u.token_reference)) if u.tokens == "scored" else None
-    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k != "save_steps"}
+    train = result_settings(cfg.train, leave_out=("save_steps",))
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data"}
     return hash_obj("unlearn", dataclasses.asdict(u), train, data, dataclasses.asdict(cfg.model), files,
                     model_fingerprint(model_path), ref)

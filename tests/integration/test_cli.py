@@ -614,3 +614,27 @@ def test_rank_by_labels_without_labels_is_one_clear_line(tiny_model_dir, tmp_pat
     assert run_cli("run", *base_args(tiny_model_dir, data, tmp_path / "run", "--rank-by", "labels",
                                      "--objective", "ignore")) == 2
     assert "--rank-by labels needs records whose meta holds clean_completion" in capsys.readouterr().err
+
+
+def test_report_to_tensorboard_writes_the_objectives_terms_and_leaves_the_cache_alone(tiny_model_dir, arith_jsonl,
+                                                                                       tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--cross-fit", "2")) == 0
+    trained = (out / "train" / DONE_MARKER).stat().st_mtime_ns
+    # a tracker changes where the logs go, not the result: the finished stage is not redone
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--cross-fit", "2", "--report-to",
+                                     "tensorboard")) == 0
+    assert (out / "train" / DONE_MARKER).stat().st_mtime_ns == trained
+    assert run_cli("train", *base_args(tiny_model_dir, arith_jsonl, out, "--cross-fit", "2", "--report-to",
+                                       "tensorboard", "--lambda-max", "0.5")) == 0
+    events = EventAccumulator(str(out / "train" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/ce_pos", "train/ce_neg", "train/neg_term", "train/lambda", "train/tokens_neg"} <= tags
+    history = [h for h in json.loads((out / "train" / "log_history.json").read_text()) if "ce_pos" in h]
+    assert [e.value for e in events.Scalars("train/ce_pos")] == pytest.approx([h["ce_pos"] for h in history])
+    capsys.readouterr()
+    assert run_cli("train", *base_args(tiny_model_dir, arith_jsonl, out, "--report-to", "tensorbored")) == 2
+    assert "unknown --report-to tensorbored; choose none or a comma list of" in capsys.readouterr().err
