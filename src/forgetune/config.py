@@ -143,7 +143,7 @@ class TrainConfig:
         "or a comma list of transformers' report_to names (tensorboard, wandb, trackio, mlflow, ...). tensorboard "
         "writes STAGE/tensorboard/ inside the run (pip install 'forgetune[track]')."
     )
-    run_name: str | None = option(None, "Run name shown by the trackers (default: the stage's folder, e.g. myrun/train).")
+    run_name: str | None = option(None, "Run name the trackers show (default: the stage's folder, e.g. myrun/train).")
 
 
 @dataclass
