@@ -21,6 +21,7 @@ from forgetune.config import TrainConfig
 from forgetune.data.collator import Collator
 from forgetune.errors import ForgetuneError
 from forgetune.objectives import Objective, TokenBatch
+from forgetune.objectives.base import COUNTS, batch_counts
 from forgetune.processes import process_state
 from forgetune.scoring.token_logps import response_token_ce, target_mask
 
@@ -85,15 +86,32 @@ class ObjectiveTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.max_negative_term = max_negative_term
-        self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let Trainer divide by GA steps
+        # A loss exact under accumulation is normalised by the whole step's counts (`get_batch_samples`): the Trainer
+        # must not divide it by the accumulation steps again. Any other loss is a micro-batch mean it divides.
+        self.loss_is_scaled_for_ga = objective.exact_under_accumulation
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, list[Any]] = defaultdict(list)
+        self._step_totals: dict[str, torch.Tensor] | None = None
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimiser step, and (for a loss exact under accumulation, over several of them)
+        their token counts, which every micro-batch's loss then divides by: K micro-batches of B add up to the loss
+        of one batch of K * B, as transformers normalises its own loss by the accumulated token count."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_totals = None
+        if self.objective.exact_under_accumulation and len(batches) > 1:
+            counts = [batch_counts(target_mask(b["labels"]), b.get("polarity")) for b in batches]
+            self._step_totals = {key: sum(c[key] for c in counts).to(device) for key in COUNTS}
+        return batches, num_items
 
     def token_batch(self, model, inputs) -> tuple[torch.Tensor, TokenBatch, Any]:
         """One forward pass: the flat CE of the batch's response tokens, their per-token labels (aligned) and the
         model's outputs."""
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        return response_token_ce(outputs.logits, inputs["labels"]), flat_token_batch(inputs), outputs
+        tokens = flat_token_batch(inputs)
+        if model.training:
+            tokens.totals = self._step_totals
+        return response_token_ce(outputs.logits, inputs["labels"]), tokens, outputs
 
     @property
     def progress(self) -> float:

@@ -22,6 +22,14 @@ class TokenBatch:
     polarity: torch.Tensor | None = None  # +1 learn / retain, -1 forget, 0 ignored (partition, or forget/retain set)
     base_ce: torch.Tensor | None = None  # CE of the frozen starting model on the same token (scored once, up front)
     seq: torch.Tensor | None = None  # the row of the batch each token belongs to: sequence-level losses sum by it
+    # With gradient accumulation, counts over every micro-batch of the optimiser step (COUNTS' keys), so that a loss
+    # exact under accumulation divides its micro-batch's sums by the whole batch's counts: K micro-batches of B then
+    # add up to the loss of one batch of K * B. None: each loss counts its own batch.
+    totals: dict[str, torch.Tensor] | None = None
+
+    def count(self, key: str) -> torch.Tensor | None:
+        """The accumulated batch's count `key` (see COUNTS), or None: count this batch's own."""
+        return None if self.totals is None else self.totals[key]
 
     def sequence_sums(self, values: torch.Tensor, select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of `values` over the selected tokens, their count) per sequence holding at least one of them."""
@@ -33,9 +41,24 @@ class TokenBatch:
         return sums[rows], length[rows]
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the masked entries; 0 (still attached to the graph) when none is selected."""
-    count = mask.sum()
+# What `TokenBatch.totals` counts: response tokens, tokens by polarity, and sequences holding a -1 token.
+COUNTS = ("tokens", "positive", "negative", "forget_sequences")
+
+
+def batch_counts(labels_mask: torch.Tensor, polarity: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """COUNTS of one collated batch: `labels_mask` (B, T) marks its response tokens, `polarity` (B, T) or None."""
+    out = {"tokens": labels_mask.sum()}
+    pol = polarity if polarity is not None else torch.zeros_like(labels_mask, dtype=torch.long)
+    out["positive"] = ((pol == 1) & labels_mask).sum()
+    out["negative"] = ((pol == -1) & labels_mask).sum()
+    out["forget_sequences"] = ((pol == -1) & labels_mask).any(dim=1).sum()
+    return out
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the masked entries (their sum over `count` when given: the accumulated batch's); 0 (still attached
+    to the graph) when none is selected."""
+    count = mask.sum() if count is None else count
     return (values * mask).sum() / count.clamp(min=1)
 
 
@@ -44,12 +67,17 @@ class Objective:
 
     An update rule that is not a loss (explicit gradient surgery) declares `writes_gradients` and implements
     `backward(parameters, ce, tokens, progress) -> metrics`, writing `.grad` itself; the trainer then clips and
-    applies it like any gradient."""
+    applies it like any gradient.
+
+    `exact_under_accumulation`: the loss is a sum over tokens (or sequences) divided by a count, and divides by
+    `tokens.count(...)` when given, so gradient accumulation equals one big batch. Others (a log of means, a per-batch
+    top-k) are averaged over the micro-batches, as transformers does for any loss."""
 
     name: ClassVar[str] = ""
     needs_partition: ClassVar[bool] = False
     needs_base_ce: ClassVar[bool] = False
     writes_gradients: ClassVar[bool] = False
+    exact_under_accumulation: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Objective:
@@ -67,6 +95,7 @@ class PositiveNegativeObjective(Objective):
     """Mean CE over positives plus lambda(t) times a negative term; subclasses define the negative term."""
 
     needs_partition = True
+    exact_under_accumulation = True
 
     def __init__(self, lambda_min: float = 0.0, lambda_max: float = 0.25, negative_mean: str = "negatives"):
         self.lambda_min, self.lambda_max, self.negative_mean = lambda_min, lambda_max, negative_mean
@@ -87,10 +116,13 @@ class PositiveNegativeObjective(Objective):
         neg_term = masked_mean(neg_values, neg)
         if self.negative_mean == "tokens":
             # With few negatives (three-way split) the per-negative mean gives each one many times a positive's weight.
-            scored = (pos | neg).sum().clamp(min=1)
-            loss = ((ce * pos).sum() + lam * (neg_values * neg).sum()) / scored
-        else:
+            scored = (pos | neg).sum() if tokens.totals is None else tokens.count("positive") + tokens.count("negative")
+            loss = ((ce * pos).sum() + lam * (neg_values * neg).sum()) / scored.clamp(min=1)
+        elif tokens.totals is None:
             loss = pos_ce + lam * neg_term
+        else:
+            loss = masked_mean(ce, pos, tokens.count("positive")) + lam * masked_mean(neg_values, neg,
+                                                                                       tokens.count("negative"))
         return loss, {
             "ce_pos": pos_ce.detach(),
             "ce_neg": masked_mean(ce.detach(), neg),

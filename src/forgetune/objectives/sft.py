@@ -6,6 +6,10 @@ from forgetune.objectives.base import Objective
 
 @register("sft")
 class SFT(Objective):
+    exact_under_accumulation = True
+
     def __call__(self, ce, tokens, progress):
         loss = ce.mean() if ce.numel() else ce.sum()
-        return loss, {"ce": loss.detach()}
+        if tokens.totals is None:
+            return loss, {"ce": loss.detach()}
+        return ce.sum() / tokens.count("tokens").clamp(min=1), {"ce": loss.detach()}

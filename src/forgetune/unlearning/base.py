@@ -9,6 +9,7 @@ means (GA, GradDiff) need nothing more.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import torch
@@ -32,9 +33,10 @@ def forget_base_nll(ce: torch.Tensor, tokens: TokenBatch, method: str) -> torch.
 
 
 def forget_mean(ce: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
-    """Per-token forget NLL: the batch's forget tokens' summed CE over their count."""
+    """Per-token forget NLL: the batch's forget tokens' summed CE over their count (the accumulated batch's, when
+    given)."""
     nll, length = forget_sequences(ce, tokens)
-    return token_mean(nll, length)
+    return token_mean(nll, length) if tokens.totals is None else nll.sum() / tokens.count("negative").clamp(min=1)
 
 
 def retain_mean(ce: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
@@ -43,7 +45,13 @@ def retain_mean(ce: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
     if not bool(retain.any()):
         raise ValueError("this method has a retain term (retain_weight != 0) but the batch has no retain token; "
                          "pass retain data or retain_weight=0")
-    return token_mean(*tokens.sequence_sums(ce, retain))
+    nll, length = tokens.sequence_sums(ce, retain)
+    return token_mean(nll, length) if tokens.totals is None else nll.sum() / tokens.count("positive").clamp(min=1)
+
+
+def sequence_mean(values: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
+    """Mean of per-forget-sequence values (over the accumulated batch's forget sequences, when given)."""
+    return values.mean() if tokens.totals is None else values.sum() / tokens.count("forget_sequences").clamp(min=1)
 
 
 def has_retain(tokens: TokenBatch) -> bool:
@@ -63,6 +71,7 @@ class UnlearnMethod(Objective):
     """
 
     forget_is_positive: ClassVar[bool] = False
+    exact_under_accumulation = True
 
     def __init__(self, retain_weight: float = 0.0):
         self.retain_weight = retain_weight
@@ -77,6 +86,8 @@ class UnlearnMethod(Objective):
         loss = forget
         if self.retain_weight:
             loss = loss + self.retain_weight * retain_mean(ce, tokens)
+        if tokens.totals is not None:  # the logged numbers: this micro-batch's own means, not its share of the step's
+            return loss, self(ce.detach(), dataclasses.replace(tokens, totals=None), progress)[1]
         metrics = {"forget_term": forget.detach(), "forget_nll": forget_mean(ce, tokens).detach()}
         if has_retain(tokens):
             metrics["retain_nll"] = retain_mean(ce, tokens).detach()

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod, forget_base_nll, forget_sequences
+from forgetune.unlearning.base import UnlearnMethod, forget_base_nll, forget_sequences, sequence_mean
 
 
 def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float,
              reduce: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
-    """-(2 / beta) * reduce(log sigmoid(beta * (nll - ref_nll))): elementwise by default, `torch.mean` per batch."""
+    """-(2 / beta) * reduce(log sigmoid(beta * (nll - ref_nll))): elementwise by default, a mean per batch."""
     return -(2.0 / beta) * reduce(F.logsigmoid(beta * (nll - ref_nll)))
 
 
@@ -36,4 +36,4 @@ class NPO(UnlearnMethod):
 
     def forget_term(self, ce, tokens):
         ref = forget_base_nll(ce, tokens, "npo")
-        return npo_loss(forget_sequences(ce, tokens)[0], ref, self.beta, torch.mean)
+        return npo_loss(forget_sequences(ce, tokens)[0], ref, self.beta, lambda x: sequence_mean(x, tokens))

@@ -9,7 +9,7 @@ length normalisation stops long responses from dominating. Plus `retain_weight` 
 import torch.nn.functional as F
 
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod, forget_sequences
+from forgetune.unlearning.base import UnlearnMethod, forget_sequences, sequence_mean
 
 
 @register("simnpo")
@@ -25,4 +25,4 @@ class SimNPO(UnlearnMethod):
     def forget_term(self, ce, tokens):
         nll, length = forget_sequences(ce, tokens)
         per_token = nll / length.clamp(min=1e-12)
-        return -(2.0 / self.beta) * F.logsigmoid(self.beta * (per_token - self.delta)).mean()
+        return -(2.0 / self.beta) * sequence_mean(F.logsigmoid(self.beta * (per_token - self.delta)), tokens)

@@ -29,4 +29,4 @@ class WGA(UnlearnMethod):
         if not bool(forget.any()):
             raise ValueError("the batch has no forget token")
         weight = torch.exp(-self.beta * ce.detach())
-        return -masked_mean(weight * ce, forget)
+        return -masked_mean(weight * ce, forget, tokens.count("negative"))
