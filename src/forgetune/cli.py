@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from forgetune.config import SECTIONS, UNLEARN_DEFAULTS, field_index, load_yaml, resolve
+from forgetune.config import ALIASES, SECTIONS, UNLEARN_DEFAULTS, field_index, load_yaml, resolve
 from forgetune.errors import ForgetuneError
 
 COMMANDS: dict[str, str] = {
@@ -67,16 +67,17 @@ def _optional(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def add_flag(group, name: str, kind: type, default: Any, help_text: str, shown: bool = True) -> None:
-    """`--field-name` for a dataclass field; unset flags are left out so lower layers (YAML, defaults) apply.
-    `shown=False`: accepted but left out of --help."""
-    flag = "--" + name.replace("_", "-")
+def add_flag(group, name: str, kind: type, default: Any, help_text: str, shown: bool = True,
+             aliases: Sequence[str] = ()) -> None:
+    """`--field-name` for a dataclass field, also spelt `--field_name` and as each alias (transformers' / TRL's name);
+    unset flags are left out so lower layers (YAML, defaults) apply. `shown=False`: accepted but left out of --help."""
+    flags = list(dict.fromkeys(f"--{spelling}" for n in (name, *aliases) for spelling in (n.replace("_", "-"), n)))
     help_text = f"{help_text} (default: {default})" if shown else argparse.SUPPRESS
     if kind is bool:
-        group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+        group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_text)
     else:
-        group.add_argument(flag, dest=name, type=_optional(kind), default=argparse.SUPPRESS,
+        group.add_argument(*flags, dest=name, type=_optional(kind), default=argparse.SUPPRESS,
                            metavar=kind.__name__.upper(), help=help_text)
 
 
@@ -88,7 +89,8 @@ def add_config_flags(parser: argparse.ArgumentParser, shown: Sequence[str] = tup
     groups = {name: parser.add_argument_group(f"{name} options") for name in SECTIONS}
     for name, info in field_index().items():
         add_flag(parser if info.section is None else groups[info.section], name, info.type, info.default, info.help,
-                 shown=info.section is None or info.section in shown)
+                 shown=info.section is None or info.section in shown,
+                 aliases=[alias for alias, field in ALIASES.items() if field == name])
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:

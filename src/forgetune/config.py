@@ -28,7 +28,8 @@ def option(default: Any, help: str) -> Any:
 @dataclass
 class ModelConfig:
     model: str | None = option(None, "Local Hugging Face causal-LM directory. Default: the embedded SmolLM2-135M.")
-    dtype: str = option("float32", "Weights dtype for training and scoring: float32, bfloat16 or float16.")
+    dtype: str = option("auto", "Weights dtype for training and scoring: auto (bfloat16 on a GPU that supports it, "
+                                "else float32), float32, bfloat16 or float16 (inference only).")
     lora: bool = option(False, "Train LoRA adapters instead of all weights.")
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r).")
@@ -287,8 +288,8 @@ class RunConfig:
                 raise ForgetuneError(f"{name} must be >= 1, got {value}")
         if self.model.lora_r < 1:
             raise ForgetuneError(f"lora_r must be >= 1, got {self.model.lora_r}")
-        if self.model.dtype not in ("float32", "bfloat16", "float16"):
-            raise ForgetuneError(f"dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
+        if self.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ForgetuneError(f"dtype must be auto, float32, bfloat16 or float16, got {self.model.dtype!r}")
         self.unlearn.validate()
         return self
 
@@ -335,6 +336,28 @@ UNLEARN_DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"learning_rate": 1e-5, "lr_scheduler": "constant", "epochs": 5.0, "batch_size": 4, "logging_steps": 1,
               "max_negative_term": None},
 }
+
+
+# The transformers / TRL spelling of a field, where it differs from forgetune's: a TRL user's flags
+# (--num_train_epochs 3, --per_device_train_batch_size 8) and YAML keys work as they are. Every field also answers to
+# its underscore spelling (--learning_rate, as transformers' HfArgumentParser writes it).
+ALIASES: dict[str, str] = {
+    "model_name_or_path": "model",
+    "dataset_name": "data",
+    "output_dir": "output",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "lr_scheduler",
+    "torch_dtype": "dtype",
+    "use_peft": "lora",
+}
+
+
+def canonical(key: str) -> str:
+    """A config key as forgetune's field name: a TRL / transformers alias or a dashed spelling mapped onto it."""
+    key = key.replace("-", "_")
+    return ALIASES.get(key, key)
 
 
 @dataclass(frozen=True)
@@ -391,10 +414,12 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str) -> R
     """Set fields from a flat {field: value} or sectioned {section: {field: value}} mapping."""
     index = field_index()
     for key, value in overrides.items():
+        key = key if key in SECTIONS else canonical(key)
         if key in SECTIONS and value is None and source != "command line":
             continue  # an empty YAML section (every key commented out)
         if key in SECTIONS and isinstance(value, dict):  # a section (`data:` is also a field: the corpus path)
             for sub_key, sub_value in value.items():
+                sub_key = canonical(sub_key)
                 info = index.get(sub_key)
                 if info is None or info.section != key:
                     raise ForgetuneError(f"{source}: unknown field '{sub_key}' in section '{key}'")
@@ -437,7 +462,7 @@ def _given(layers: list[dict[str, Any]]) -> set[str]:
     names: set[str] = set()
     for layer in layers:
         for key, value in layer.items():
-            names.update(value if key in SECTIONS and isinstance(value, dict) else (key,))
+            names.update(map(canonical, value) if key in SECTIONS and isinstance(value, dict) else (canonical(key),))
     return names
 
 

@@ -34,6 +34,13 @@ FALLBACK_CHAT_TEMPLATE = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """A --dtype name as a torch dtype; auto: bfloat16 where the GPU supports it, else float32 (CPUs: float32)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return DTYPES[name]
+
+
 def cache_dir() -> Path:
     """Where converted models live: $FORGETUNE_CACHE, else ~/.cache/forgetune."""
     return Path(os.environ.get("FORGETUNE_CACHE", Path.home() / ".cache" / "forgetune"))
@@ -114,7 +121,7 @@ def load_model(path: Path, dtype: str = "float32") -> PreTrainedModel:
     """A local causal LM on this process's device (scoring and generation run where training would)."""
     try:
         AutoConfig.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # broken or mismatched weights
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise ForgetuneError(f"{path}: cannot load a causal language model ({reason})") from None
@@ -175,5 +182,5 @@ def load_for_inference(path: Path, dtype: str = "float32", base: Path | None = N
             return PeftModel.from_pretrained(load_model(base, dtype), path).merge_and_unload()
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).merge_and_unload().to(device())
+        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).merge_and_unload().to(device())
     return load_model(path, dtype)

@@ -147,7 +147,7 @@ def test_empty_yaml_is_defaults(tmp_path):
         ({"reference_fraction": 0.0}, r"reference_fraction must be in \(0, 1\]"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"max_length": 0}, "max_length must be >= 1"),
-        ({"dtype": "float8"}, "dtype must be float32, bfloat16 or float16"),
+        ({"dtype": "float8"}, "dtype must be auto, float32, bfloat16 or float16"),
         ({"learning_rat": 1e-4}, "command line: unknown config field 'learning_rat'"),
         ({"rho": "high"}, r"command line: field 'rho' must be float, got 'high'"),
         ({"batch_size": 2.5}, "field 'batch_size' must be int, got 2.5"),
@@ -436,3 +436,43 @@ def test_the_ranking_in_force_is_said_with_its_reason():
     assert "-CE_ref" in trusted and "below -2.3" in trusted and "the default with --reference-data" in trusted
     assert "no ranking" in ranking_in_force(resolve(flags={"rank_by": "labels"}))
     assert "whole examples" in ranking_in_force(resolve(flags={"unit": "example", "rank_by": "reference"}))
+
+
+def test_trl_spellings_reach_the_same_fields_as_flags_and_as_a_flat_yaml(tmp_path):
+    """A TRL user's YAML and flags, as they are: transformers' names and underscore spellings map onto the fields."""
+    trl = tmp_path / "trl.yaml"
+    trl.write_text("model_name_or_path: my/model\ndataset_name: train.jsonl\noutput_dir: out\nnum_train_epochs: 3\n"
+                   "per_device_train_batch_size: 4\ngradient_accumulation_steps: 2\nlearning_rate: 1.0e-4\n"
+                   "lr_scheduler_type: cosine\nuse_peft: true\nlora_r: 8\n")
+    cfg = resolve(trl)
+    assert (cfg.model.model, cfg.data.data, cfg.output) == ("my/model", "train.jsonl", "out")
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.grad_accum) == (3.0, 4, 2)
+    assert (cfg.train.learning_rate, cfg.train.lr_scheduler) == (1e-4, "cosine")
+    assert (cfg.model.lora, cfg.model.lora_r) == (True, 8)
+    sectioned = tmp_path / "sectioned.yaml"
+    sectioned.write_text("train:\n  num_train_epochs: 5\n  max-steps: 7\n")
+    assert (resolve(sectioned).train.epochs, resolve(sectioned).train.max_steps) == (5.0, 7)
+
+
+def test_trl_flag_spellings_parse_onto_the_fields():
+    from forgetune.cli import build_parser
+
+    argv = ["run", "--model_name_or_path", "m", "--dataset_name", "d.jsonl", "--output_dir", "o",
+            "--num_train_epochs", "3", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+            "--learning_rate", "1e-4", "--lr_scheduler_type", "cosine", "--max_steps", "5", "--use_peft"]
+    args = vars(build_parser(argv).parse_args(argv))
+    assert {k: args[k] for k in ("model", "data", "output", "epochs", "batch_size", "grad_accum", "learning_rate",
+                                 "lr_scheduler", "max_steps", "lora")} == {
+        "model": "m", "data": "d.jsonl", "output": "o", "epochs": 3.0, "batch_size": 4, "grad_accum": 2,
+        "learning_rate": 1e-4, "lr_scheduler": "cosine", "max_steps": 5, "lora": True}
+
+
+def test_dtype_auto_is_the_default_and_float32_on_a_cpu():
+    import torch
+
+    from forgetune.models import torch_dtype
+
+    assert resolve().model.dtype == "auto"
+    if not torch.cuda.is_available():
+        assert torch_dtype("auto") == torch.float32
+    assert torch_dtype("bfloat16") == torch.bfloat16
