@@ -139,6 +139,16 @@ class TrainConfig:
         "apart. 'none': no bound. A non-finite loss always stops training."
     )
     seed: int = option(42, "Seed of data order, subsets, folds and initialisation.")
+    eval_data: str | None = option(
+        None, "Held-out clean records (any data format) scored every eval_steps during training: eval_loss, the mean "
+        "CE of their response tokens, in log_history.json, the trackers and the report."
+    )
+    eval_steps: int = option(0, "With eval_data: evaluate every N optimiser steps (0: every logging_steps).")
+    load_best_model_at_end: bool = option(
+        False, "With eval_data: save the checkpoint with the lowest eval_loss as model/ (checkpoints are kept at every "
+        "evaluation, save_total_limit of them)."
+    )
+    save_total_limit: int = option(1, "Checkpoints kept while training (with load_best_model_at_end, the best too).")
     report_to: str = option(
         "none", "Trackers that get every logged step (the objective's terms included), besides log_history.json: none, "
         "or a comma list of transformers' report_to names (tensorboard, wandb, trackio, mlflow, ...). tensorboard "
@@ -265,6 +275,11 @@ class RunConfig:
             raise ForgetuneError(f"warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.logging_steps < 1:
             raise ForgetuneError(f"logging_steps must be >= 1, got {t.logging_steps}")
+        if t.eval_steps < 0 or t.save_total_limit < 1:
+            raise ForgetuneError(f"eval_steps must be >= 0 and save_total_limit >= 1, got {t.eval_steps} and "
+                                 f"{t.save_total_limit}")
+        if t.load_best_model_at_end and not t.eval_data:
+            raise ForgetuneError("load_best_model_at_end needs eval_data: pass --eval-data FILE of held-out records")
         from transformers import SchedulerType
 
         schedulers = [s.value for s in SchedulerType]
@@ -321,13 +336,14 @@ TRUSTED_REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-# Train settings that change where the logs go, not the result: left out of every stage's cache key.
-TRACKING_FIELDS = ("report_to", "run_name")
+# Train settings that change where the logs go or what is kept on the way, not the result: left out of every stage's
+# cache key.
+NOT_IN_RESULT = ("report_to", "run_name", "save_total_limit")
 
 
 def result_settings(train: TrainConfig, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
     """The train section's settings that decide a stage's result (its cache key's share)."""
-    return {k: v for k, v in dataclasses.asdict(train).items() if k not in (*TRACKING_FIELDS, *leave_out)}
+    return {k: v for k, v in dataclasses.asdict(train).items() if k not in (*NOT_IN_RESULT, *leave_out)}
 
 
 # `forgetune unlearn`'s own train-section defaults (explicit settings win): a small constant learning rate for a few

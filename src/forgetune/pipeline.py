@@ -104,7 +104,9 @@ class Run:
 
     def train_key(self) -> str:
         upstream = self.partition_key() if self.objective().needs_partition else self.data_key
-        return hash_obj("train", upstream, result_settings(self.cfg.train), dataclasses.asdict(self.cfg.model))
+        held_out = (fingerprint_path(self.cfg.train.eval_data),) if self.cfg.train.eval_data else ()
+        return hash_obj("train", upstream, result_settings(self.cfg.train), dataclasses.asdict(self.cfg.model),
+                        *held_out)
 
     def objective(self) -> objectives.Objective:
         return objectives.build(self.cfg.train)
@@ -433,6 +435,14 @@ def load_polarity(run: Run) -> np.ndarray:
 # train
 
 
+def eval_features(run: Run, path: str | None) -> list[dict[str, Any]] | None:
+    """The held-out records scored during training (--eval-data), tokenised like the corpus."""
+    if not path:
+        return None
+    d = run.cfg.data
+    return make_features(load_examples(path, run.tokenizer, d.format, d.max_length, d.system_prompt)[0])
+
+
 def train(run: Run) -> dict[str, Any]:
     """Fine-tune from the base with the configured objective; save an HF model dir at RUN/model."""
     key = run.train_key()
@@ -452,13 +462,17 @@ def train(run: Run) -> dict[str, Any]:
     stage_dir = run.stage_dir("train")
     stage_dir.mkdir(parents=True, exist_ok=True)
     model = load_trainable(run.model_path, cfg.model)
-    model, history, weights = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir, key=key)
+    model, history, weights = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir, key=key,
+                                  eval_features=eval_features(run, cfg.train.eval_data))
     if process_state().is_main_process:  # under `accelerate launch`: the main process saves and records
         save_model(model, run.tokenizer, run.layout.model, cfg.model.merge_lora, weights)
         write_json(run.layout.log_history("train"), history)
     logged = [h for h in history if "loss" in h]
     last = logged[-1] if logged else {}  # the last logged step: every logging_steps, so not always the final one
     final = {k: last[k] for k in ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "lambda") if k in last}
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    if evals:
+        final.update(eval_loss=evals[-1], best_eval_loss=min(evals))
     end = next((h for h in history if "train_runtime" in h), {})  # Trainer's closing record: the real step count
     return _finish(run, "train", key, started, objective=objective.name, steps=end.get("step"),
                    train_runtime=end.get("train_runtime"), **final)

@@ -31,7 +31,7 @@ from forgetune.rundir import RunDir
 log = logging.getLogger(__name__)
 
 # Curves of train/ (or unlearn/) log_history.json, left axis; lambda goes on its own right axis.
-LOSS_KEYS = ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "forget_nll", "retain_nll")
+LOSS_KEYS = ("loss", "ce", "ce_pos", "ce_neg", "neg_term", "forget_nll", "retain_nll", "eval_loss")
 NEG_RGB, POS_RGB = (202, 0, 32), (5, 113, 176)  # ColorBrewer RdBu ends: red = the reference learned it worse
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 # What the partition ranked, per rank_by (pipeline.ranked_values): short name, axis label, heat-map colours.

@@ -119,6 +119,9 @@ class ObjectiveTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ce, tokens, outputs = self.token_batch(model, inputs)
+        if not model.training:  # evaluation (--eval-data): the held-out responses' mean CE, whatever the objective
+            loss = ce.mean() if ce.numel() else ce.sum()
+            return (loss, outputs) if return_outputs else loss
         try:
             loss, metrics = self.objective(ce, tokens, self.progress)
         except ValueError as e:  # e.g. constrained's log of a NaN forget loss: one line, not a traceback
@@ -179,11 +182,13 @@ def fit(
     max_steps: int | None = None,
     collator: Any = None,
     callbacks: list[Any] | None = None,
+    eval_features: Any = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]], dict[str, torch.Tensor] | None]:
     """Train in place: (model, log history, full weights when training was sharded, else None). Checkpoints go to
     work_dir/checkpoints and are resumed from only if they were written under the same stage key (same data and
     config); stale ones are deleted. `collator`, `callbacks`: for batches of other rows
-    (unlearning's forget + retain rows)."""
+    (unlearning's forget + retain rows). `eval_features`: held-out rows scored every eval_steps (eval_loss: their
+    mean response CE); with load_best_model_at_end the best checkpoint's weights come back."""
     ckpt_dir = work_dir / "checkpoints"
     key_file = ckpt_dir / "stage_key"
     state = process_state()
@@ -205,6 +210,10 @@ def fit(
     callbacks = list(callbacks or [])
     if "tensorboard" in trackers and state.is_main_process:
         callbacks.append(tensorboard_callback(work_dir / "tensorboard"))
+    evaluate = eval_features is not None
+    eval_steps = cfg.eval_steps or cfg.logging_steps
+    keep_best = evaluate and cfg.load_best_model_at_end
+    save_steps = eval_steps if keep_best else cfg.save_steps  # the best is picked among the evaluated checkpoints
     try:
         args = TrainingArguments(
             output_dir=str(ckpt_dir),
@@ -218,9 +227,16 @@ def fit(
             max_steps=cfg.max_steps if max_steps is None else max_steps,
             max_grad_norm=cfg.max_grad_norm,
             logging_steps=cfg.logging_steps,
-            save_strategy="steps" if cfg.save_steps > 0 else "no",
-            save_steps=max(cfg.save_steps, 1),
-            save_total_limit=1,
+            save_strategy="steps" if save_steps > 0 else "no",
+            save_steps=max(save_steps, 1),
+            save_total_limit=cfg.save_total_limit,
+            eval_strategy="steps" if evaluate else "no",
+            eval_steps=eval_steps if evaluate else None,
+            per_device_eval_batch_size=cfg.batch_size,
+            load_best_model_at_end=keep_best,
+            metric_for_best_model="eval_loss" if keep_best else None,
+            greater_is_better=False if keep_best else None,
+            label_names=["labels"],
             seed=cfg.seed,
             data_seed=cfg.seed,
             report_to=[t for t in trackers if t != "tensorboard"] or "none",  # tensorboard: our callback, our folder
@@ -237,6 +253,7 @@ def fit(
         model=model,
         args=args,
         train_dataset=features,
+        eval_dataset=eval_features,
         data_collator=collator or Collator(tokenizer.pad_token_id),
         callbacks=callbacks,
         processing_class=tokenizer,

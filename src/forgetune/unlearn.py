@@ -217,6 +217,8 @@ class KeepPruned(TrainerCallback):
 def unlearn_key(cfg: RunConfig, model_path: Path) -> str:
     u = cfg.unlearn
     files = {name: fingerprint_path(getattr(u, name)) for name in ("forget", "retain", "holdout") if getattr(u, name)}
+    if cfg.train.eval_data:
+        files["eval_data"] = fingerprint_path(cfg.train.eval_data)
     ref = model_fingerprint(resolve_model_path(u.token_reference)) if u.tokens == "scored" else None
     train = result_settings(cfg.train, leave_out=("save_steps",))
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data"}
@@ -256,7 +258,7 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
         return load_examples(path, tokenizer, d.format, d.max_length, d.system_prompt)[0] if path else None
 
     forget, counts = load_examples(u.forget, tokenizer, d.format, d.max_length, d.system_prompt)
-    retain, holdout = load(u.retain), load(u.holdout)
+    retain, holdout, held_out = load(u.retain), load(u.holdout), load(cfg.train.eval_data)
     model = load_trainable(model_path, cfg.model)
     # The starting model's CE on the forget tokens: NPO's reference and the --tokens scored baseline.
     own_ce = token_ce(model, forget, tokenizer.pad_token_id, desc="scoring forget tokens")
@@ -287,6 +289,7 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
     model, history, full_weights = fit(
         model, tokenizer, dataset, method, cfg.train, stage_dir, key=key,
         collator=ForgetRetainCollator(tokenizer.pad_token_id), callbacks=callbacks + ([stop] if stop else []),
+        eval_features=ForgetRetainDataset(make_features(held_out), None) if held_out else None,
     )
     steps = [h for h in history if "loss" in h]
     last = steps[-1] if steps else {}

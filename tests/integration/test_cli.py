@@ -638,3 +638,40 @@ def test_report_to_tensorboard_writes_the_objectives_terms_and_leaves_the_cache_
     capsys.readouterr()
     assert run_cli("train", *base_args(tiny_model_dir, arith_jsonl, out, "--report-to", "tensorbored")) == 2
     assert "unknown --report-to tensorbored; choose none or a comma list of" in capsys.readouterr().err
+
+
+def test_eval_data_during_training_and_the_best_checkpoint_kept(tiny_model_dir, arith_jsonl, tmp_path):
+    """eval_loss (the held-out responses' mean CE) every step in log_history.json; with load_best_model_at_end the
+    saved model is the checkpoint whose eval_loss was lowest, not the last one."""
+    from forgetune.bench.data.arith import held_out
+
+    held = write_jsonl(tmp_path / "held.jsonl", held_out(6, seed=3, train=[]))
+    out = tmp_path / "run"
+    # a learning rate so high that the held-out CE rises after a step: the best checkpoint is not the last
+    flags = ["--objective", "sft", "--max-steps", "4", "--eval-data", str(held), "--eval-steps", "1",
+             "--load-best-model-at-end", "--save-total-limit", "2", "--learning-rate", "2.0"]
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, *flags)) == 0
+    history = json.loads((out / "train" / "log_history.json").read_text())
+    evals = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
+    assert sorted(evals) == [1, 2, 3, 4]
+    best = min(evals, key=evals.get)
+    summary = json.loads((out / "summary.json").read_text())["stages"]["train"]
+    assert summary["best_eval_loss"] == pytest.approx(evals[best])
+    # the saved model's eval_loss, computed as the Trainer does (batches of 4 in order, each batch's mean response CE
+    # weighted by its size) is the best step's: the best checkpoint came back, not the last one
+    from forgetune.data.collator import Collator, make_features
+    from forgetune.data.formats import load_examples
+    from forgetune.scoring.token_logps import response_token_ce
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    features = make_features(load_examples(held, tokenizer)[0])
+    losses = []
+    for i in range(0, len(features), 4):
+        batch = Collator(tokenizer.pad_token_id)(features[i:i + 4])
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses += [response_token_ce(logits, batch["labels"]).mean().item()] * len(features[i:i + 4])
+    assert np.mean(losses) == pytest.approx(evals[best], rel=1e-4)
+    assert best != 4, evals  # the run was built so that the last step is not the best
+    assert not (out / "train" / "checkpoints").exists()

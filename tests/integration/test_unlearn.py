@@ -395,3 +395,13 @@ def test_a_text_corpus_is_forgotten_on_every_token(tiny_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokens = sum(len(tokenizer(r["completion"])["input_ids"]) for r in FORGET)  # + EOS, - the first token: the same
     assert json.loads((out / "unlearn" / DONE_MARKER).read_text())["forget_tokens"] == tokens
+
+
+def test_unlearning_evaluates_held_out_data_during_training(tiny_model_dir, data, tmp_path):
+    forget, retain = data
+    held = write_jsonl(tmp_path / "held.jsonl", RETAIN[:2])
+    out = tmp_path / "out"
+    assert unlearn(tiny_model_dir, forget, out, "--method", "npo", "--eval-data", held, "--eval-steps", "1",
+                   retain=retain) == 0
+    history = json.loads((out / "unlearn" / "log_history.json").read_text())
+    assert [h["step"] for h in history if "eval_loss" in h] == [1, 2]

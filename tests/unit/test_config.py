@@ -476,3 +476,10 @@ def test_dtype_auto_is_the_default_and_float32_on_a_cpu():
     if not torch.cuda.is_available():
         assert torch_dtype("auto") == torch.float32
     assert torch_dtype("bfloat16") == torch.bfloat16
+
+
+def test_load_best_model_at_end_needs_eval_data():
+    with pytest.raises(ForgetuneError, match="load_best_model_at_end needs eval_data"):
+        resolve(flags={"load_best_model_at_end": True})
+    with pytest.raises(ForgetuneError, match="eval_steps must be >= 0 and save_total_limit >= 1"):
+        resolve(flags={"save_total_limit": 0})
