@@ -27,7 +27,8 @@ def option(default: Any, help: str) -> Any:
 
 @dataclass
 class ModelConfig:
-    model: str | None = option(None, "Local Hugging Face causal-LM directory. Default: the embedded SmolLM2-135M.")
+    model: str | None = option(None, "Causal LM: a local Hugging Face directory or a Hub id (org/name; from the local "
+                                     "cache when HF_HUB_OFFLINE=1). Default: the embedded SmolLM2-135M.")
     dtype: str = option("auto", "Weights dtype for training and scoring: auto (bfloat16 on a GPU that supports it, "
                                 "else float32), float32, bfloat16 or float16 (inference only).")
     lora: bool = option(False, "Train LoRA adapters instead of all weights.")

@@ -76,15 +76,46 @@ def embedded_model_dir() -> Path:
     return target
 
 
+# The files of a model repo forgetune reads (weights, config, tokenizer, chat template): not the GGUF / ONNX variants
+# some repos also hold.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
 def resolve_model_path(model: str | None) -> Path:
+    """A local model dir, or a Hugging Face Hub id (org/name) resolved the way transformers resolves it: from the
+    local cache when HF_HUB_OFFLINE is set (one line if it is not there), else downloaded into it."""
     if model is None:
         return embedded_model_dir()
     path = Path(model)
-    if not (path / "config.json").is_file():
+    if (path / "config.json").is_file():
+        return path
+    if not path.exists() and model.count("/") <= 1 and not model.startswith((".", "/", "~")):
+        return hub_snapshot(model)
+    raise ForgetuneError(
+        f"{model}: not a local Hugging Face model directory (no config.json); "
+        "pass a folder saved with save_pretrained, a Hub id (org/name), or omit --model for the embedded default"
+    )
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except HFValidationError:
+        raise ForgetuneError(f"{repo_id}: neither a local model directory nor a Hugging Face Hub id (org/name)"
+                             ) from None
+    except LocalEntryNotFoundError:
         raise ForgetuneError(
-            f"{model}: not a local Hugging Face model directory (no config.json); "
-            "pass a folder saved with save_pretrained, or omit --model for the embedded default"
-        )
+            f"{repo_id}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be reached "
+            f"(HF_HUB_OFFLINE={constants.HF_HUB_OFFLINE and 1}); download it where it can: `hf download {repo_id}`"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ForgetuneError(f"{repo_id}: no such model on the Hugging Face Hub (or it is private: `hf auth login`)"
+                             ) from None
+    if not (path / "config.json").is_file():
+        raise ForgetuneError(f"{repo_id}: the Hub repo holds no config.json; it is not a transformers model")
     return path
 
 

@@ -319,7 +319,7 @@ CASES = [
     Case("wrong-model-dir", "--model is a folder without config.json",
          lambda ctx: run_args(ctx, lines_file(ctx, "x.jsonl", GOOD), model=ctx.tmp),
          "{tmp}: not a local Hugging Face model directory (no config.json); pass a folder saved with "
-         "save_pretrained, or omit --model for the embedded default"),
+         "save_pretrained, a Hub id (org/name), or omit --model for the embedded default"),
     Case("model-without-tokenizer", "a model folder with config.json only", config_only_model,
          "{tmp}/cfgonly: cannot load a tokenizer (…); the model folder needs the tokenizer files that "
          "tokenizer.save_pretrained writes (tokenizer.json, tokenizer_config.json)"),

@@ -1,0 +1,66 @@
+"""`--model org/name` resolves the way transformers resolves a Hub id: from a hub-layout cache (built here in a temp
+HF_HOME; nothing is fetched, HF_HUB_OFFLINE=1), or one line saying how to get it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forgetune.cli import main
+from forgetune.models import resolve_model_path
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(root: Path, repo_id: str, model_dir: Path) -> Path:
+    """HF_HOME/hub/models--org--name/{refs/main, snapshots/COMMIT/...}: the layout huggingface_hub downloads into."""
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return repo / "snapshots" / COMMIT
+
+
+@pytest.fixture
+def offline_hub(tmp_path, tiny_model_dir, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    snapshot = hub_cache(tmp_path / "hf", "org/tiny", tiny_model_dir)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read once, at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return snapshot
+
+
+def test_a_hub_id_resolves_from_the_cache_and_runs(offline_hub, arith_jsonl, tmp_path):
+    assert resolve_model_path("org/tiny") == offline_hub
+    out = tmp_path / "run"
+    assert main(["run", "--model", "org/tiny", "--data", str(arith_jsonl), "--output", str(out), "--objective", "sft",
+                 "--max-steps", "1", "--batch-size", "4", "--quiet"]) == 0
+    assert (out / "model" / "config.json").is_file()
+
+
+def test_a_hub_id_missing_from_the_cache_is_one_line(offline_hub, arith_jsonl, tmp_path, capsys):
+    assert main(["run", "--model", "org/absent", "--data", str(arith_jsonl), "--output", str(tmp_path / "run"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("forgetune: error: org/absent: not in the local Hugging Face cache (") and "\n" not in err
+    assert "hf download org/absent" in err
+
+
+@pytest.mark.slow
+def test_a_real_process_reads_hf_home_and_the_offline_flag(tmp_path, tiny_model_dir, arith_jsonl):
+    """The library reads the user's HF_HOME and HF_HUB_OFFLINE as transformers does (set before it starts)."""
+    hub_cache(tmp_path / "hf", "org/tiny", tiny_model_dir)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    result = subprocess.run([sys.executable, "-m", "forgetune", "run", "--model", "org/tiny", "--data", str(arith_jsonl),
+                             "--output", str(tmp_path / "run"), "--objective", "sft", "--max-steps", "1",
+                             "--batch-size", "4", "--quiet"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
