@@ -60,7 +60,7 @@ def test_a_real_process_reads_hf_home_and_the_offline_flag(tmp_path, tiny_model_
     hub_cache(tmp_path / "hf", "org/tiny", tiny_model_dir)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    result = subprocess.run([sys.executable, "-m", "forgetune", "run", "--model", "org/tiny", "--data", str(arith_jsonl),
-                             "--output", str(tmp_path / "run"), "--objective", "sft", "--max-steps", "1",
-                             "--batch-size", "4", "--quiet"], env=env, capture_output=True, text=True)
+    argv = ["run", "--model", "org/tiny", "--data", str(arith_jsonl), "--output", str(tmp_path / "run"), "--objective",
+            "sft", "--max-steps", "1", "--batch-size", "4", "--quiet"]
+    result = subprocess.run([sys.executable, "-m", "forgetune", *argv], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
