@@ -42,7 +42,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    data: str | None = option(None, "Training corpus: .jsonl, .json, .parquet or a datasets.save_to_disk folder.")
+    data: str | None = option(None, "Training corpus: .jsonl, .json, .parquet, a datasets.save_to_disk folder, or a "
+                                    "Hugging Face dataset name (org/name; from the cache when HF_HUB_OFFLINE=1).")
+    data_config: str | None = option(None, "With a dataset name: its configuration (datasets' `name`).")
+    data_split: str = option("train", "With a dataset name: the split to train on.")
     format: str = option("auto", "Record format: auto (told by each record's fields), chat, prompt-completion, alpaca, "
                                  "question-answer, sharegpt or text (no template, a loss on every token).")
     max_length: int = option(512, "Truncate tokenised examples to this many tokens (truncations are counted).")

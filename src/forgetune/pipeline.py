@@ -24,6 +24,7 @@ from forgetune import objectives
 from forgetune.config import RunConfig, dump_yaml, from_dict, load_yaml, result_settings
 from forgetune.data.collator import make_features
 from forgetune.data.formats import Example, load_examples, load_records
+from forgetune.data.hub import resolve_data
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
     DONE_MARKER,
@@ -125,6 +126,8 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
     corpus = cfg.data.data or cfg.unlearn.forget  # an unlearning run's corpus is its forget set
     if not corpus:
         raise ForgetuneError("no training data: pass --data FILE (.jsonl, .json, .parquet or a datasets folder)")
+    if cfg.data.data:
+        corpus = resolve_data(corpus, cfg.data.data_config, cfg.data.data_split)
     objectives.build(cfg.train)  # fail early on an unknown objective
     if cfg.reference.reference_data and not Path(cfg.reference.reference_data).exists():
         raise ForgetuneError(f"{cfg.reference.reference_data}: reference data file not found")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,10 @@ class Example:
 
 
 def _read_raw(path: Path) -> list[tuple[str, Any]]:
-    """(location, raw record) pairs; malformed input names file and line."""
+    """(location, raw record) pairs; malformed input names file and line. A dataset name (org/name) is read from the
+    Hugging Face Hub's cache (its train split)."""
+    if is_dataset_name(str(path)):
+        path = Path(resolve_data(str(path)))
     if not path.exists():
         raise ForgetuneError(f"{path}: file not found")
     if path.is_dir():
