@@ -95,6 +95,8 @@ def add_config_flags(parser: argparse.ArgumentParser, shown: Sequence[str] = tup
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also the libraries' warnings (transformers, datasets, peft, torch), each once")
 
 
 def add_dataclass_parser(sub, command: str, cls: type, help_text: str, positional: str | None) -> None:
@@ -167,14 +169,19 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(quiet: bool) -> None:
+def setup_logging(quiet: bool, verbose: bool = False) -> None:
+    """forgetune's own lines (one per event); the libraries' warnings only with --verbose, each once (by default
+    they repeat advice a forgetune user cannot act on: deprecations inside transformers, padding hints, ...)."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     for noisy in ("transformers", "accelerate", "datasets", "peft", "torch"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    warnings.filterwarnings("once" if verbose else "ignore")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    if verbose:
+        hf_logging.set_verbosity_warning()
+    else:
+        hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # weight loading/saving bars; forgetune's own stages keep theirs
 
 
@@ -211,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(build_parser(argv).parse_args(argv))
     command, yaml_path, quiet = args.pop("command"), args.pop("config", None), args.pop("quiet")
-    setup_logging(quiet)
+    setup_logging(quiet, args.pop("verbose"))
     try:
         if command == "eval":
             from forgetune.evaluate import EvalConfig, evaluate, print_results

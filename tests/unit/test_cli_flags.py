@@ -85,3 +85,21 @@ def test_packaging_license_is_an_spdx_string_and_make_test_reports_skips():
     assert re.search(r'^license = "Apache-2.0"', pyproject, re.M)  # a table: setuptools warns 3 times per install
     recipe = (REPO / "Makefile").read_text().split("\ntest: install\n", 1)[1].splitlines()[0]
     assert "pytest" in recipe and "-q" in recipe.split() and "-rs" in recipe.split()
+
+
+def test_library_warnings_are_hidden_by_default_and_shown_once_with_verbose():
+    import logging
+    import warnings
+
+    from forgetune.cli import setup_logging
+
+    with warnings.catch_warnings(record=True) as seen:
+        setup_logging(quiet=False)
+        warnings.warn("a library's deprecation", FutureWarning, stacklevel=1)
+        assert logging.getLogger("transformers").level == logging.ERROR and not seen
+        setup_logging(quiet=False, verbose=True)
+        for _ in range(3):
+            warnings.warn("a library's deprecation", FutureWarning, stacklevel=1)
+        assert logging.getLogger("datasets").level == logging.WARNING
+        assert [str(w.message) for w in seen] == ["a library's deprecation"]  # once, not three times
+    setup_logging(quiet=False)
