@@ -36,7 +36,12 @@ def _log(out: Path) -> list[dict]:
 
 @pytest.mark.skipif(not ACCELERATE.is_file(), reason="the accelerate launcher is not installed next to python")
 def test_two_processes_score_partition_and_train_like_one(tiny_model_dir, arith_jsonl, tmp_path):
-    data = ["--model", str(tiny_model_dir), "--data", str(arith_jsonl), *COMMON]
+    from forgetune.bench.data.arith import held_out
+    from tests_helpers import write_jsonl
+
+    held = write_jsonl(tmp_path / "held.jsonl", held_out(6, seed=3, train=[]))  # evaluated across both processes
+    data = ["--model", str(tiny_model_dir), "--data", str(arith_jsonl), *COMMON, "--eval-data", str(held),
+            "--eval-steps", "2"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["run", *data, "--output", str(one), "--batch-size", "8", "--keep-references"]) == 0
     # Both score the same reference models (kept for this copy: by default they are deleted once scored): the
@@ -62,6 +67,12 @@ def test_two_processes_score_partition_and_train_like_one(tiny_model_dir, arith_
     assert [h["step"] for h in log_one] == [h["step"] for h in log_two] == [1, 2, 3, 4]
     for a, b in zip(log_one, log_two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=5e-3), (a, b)
+    evals_one, evals_two = ([(h["step"], h["eval_loss"]) for h in json.loads((out / "train" / "log_history.json"
+                                                                              ).read_text()) if "eval_loss" in h]
+                            for out in (one, two))
+    assert [s for s, _ in evals_one] == [s for s, _ in evals_two] == [2, 4]
+    for (_, a), (_, b) in zip(evals_one, evals_two, strict=True):
+        assert b == pytest.approx(a, rel=5e-3)  # the held-out CE of models trained alike (see the losses above)
     assert (two / "model" / "config.json").is_file()
     stages = json.loads((two / "summary.json").read_text())["stages"]
     assert stages["train"]["steps"] == 4 and stages["reference"]["mode"] == "cross_fit=2"
