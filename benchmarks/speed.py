@@ -172,7 +172,7 @@ def _scoring_rss(n: int, quick: bool) -> int:
 import json, resource, sys, tempfile
 import numpy as np
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from run import small_llama, synthetic_examples
+from speed import small_llama, synthetic_examples
 from forgetune.scoring.scorer import example_offsets, token_ce
 model, _ = small_llama(49152, {quick})
 examples = synthetic_examples({n}, 49152)
@@ -193,6 +193,39 @@ def bench_scoring_memory(quick: bool) -> None:
     report("scoring_peak_rss_growth", ratio, "<=1.1", ratio <= 1.1,
            f"{small} examples {rss_small / 1024:.0f} MB, {large} examples {rss_large / 1024:.0f} MB "
            "(scores streamed to a memory-mapped file)")
+
+
+def _training_rss(chunked: bool, tokens: int) -> int:
+    """Peak RSS (kB) of a fresh process that runs one training forward and backward of a 128k-vocabulary, 64-wide
+    Llama on `tokens` response tokens: the head a chunk at a time (forgetune's training path), or the full logits."""
+    code = f"""
+import json, resource, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from forgetune.scoring.token_logps import response_token_ce, training_response_token_ce
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings={tokens}))
+ids = torch.randint(0, 128256, (1, {tokens}))
+batch = {{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}}
+if {chunked}:
+    ce, _ = training_response_token_ce(model, batch, model)
+else:
+    ce = response_token_ce(model(input_ids=ids, attention_mask=batch["attention_mask"]).logits, batch["labels"])
+ce.mean().backward()
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def bench_training_memory(quick: bool) -> None:
+    """The training step's peak memory with a 128k vocabulary: chunked head vs the full (B, T, V) logits."""
+    tokens = 1024 if quick else 2048
+    chunked, full = _training_rss(True, tokens), _training_rss(False, tokens)
+    ratio = chunked / full
+    report("training_peak_rss_chunked_vs_full_logits", ratio, "<=0.5", ratio <= 0.5,
+           f"128k vocabulary, 64-wide Llama, {tokens} response tokens, forward + backward: chunked head "
+           f"{chunked / 1024:.0f} MB, full logits {full / 1024:.0f} MB")
 
 
 def bench_trl(quick: bool) -> None:
@@ -269,6 +302,7 @@ def main() -> None:
     args = parser.parse_args()
     bench_scoring(args.quick)
     bench_scoring_memory(args.quick)
+    bench_training_memory(args.quick)
     bench_partition(10**7 if args.quick else 10**8, 10**5 if args.quick else 10**6)
     bench_step(5 if args.quick else 20)
     bench_trl(args.quick)

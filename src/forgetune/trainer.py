@@ -23,7 +23,7 @@ from forgetune.errors import ForgetuneError
 from forgetune.objectives import Objective, TokenBatch
 from forgetune.objectives.base import COUNTS, batch_counts
 from forgetune.processes import process_state
-from forgetune.scoring.token_logps import response_token_ce, target_mask
+from forgetune.scoring.token_logps import response_token_ce, target_mask, training_response_token_ce
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,17 @@ class ObjectiveTrainer(Trainer):
         return batches, num_items
 
     def token_batch(self, model, inputs) -> tuple[torch.Tensor, TokenBatch, Any]:
-        """One forward pass: the flat CE of the batch's response tokens, their per-token labels (aligned) and the
-        model's outputs."""
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        """One forward pass: the flat CE of the batch's response tokens (no full-vocabulary logits: see
+        `training_response_token_ce`), their per-token labels (aligned) and the model's outputs."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # sharded head: only the model's own forward has it
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            ce = response_token_ce(outputs.logits, inputs["labels"])
+        else:
+            ce, outputs = training_response_token_ce(model, inputs, self.accelerator.unwrap_model(model))
         tokens = flat_token_batch(inputs)
         if model.training:
             tokens.totals = self._step_totals
-        return response_token_ce(outputs.logits, inputs["labels"]), tokens, outputs
+        return ce, tokens, outputs
 
     @property
     def progress(self) -> float:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from forgetune.data.formats import IGNORE_INDEX
 
@@ -61,3 +64,43 @@ def model_response_token_ce(model: torch.nn.Module, input_ids: torch.Tensor, att
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     mask = target_mask(labels)
     return _chunked_ce(hidden[:, :-1][mask[:, 1:]], labels[mask], chunk_rows, head)
+
+
+def _head_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.Tensor], base: torch.nn.Module,
+                               chunk_rows: int = 256) -> tuple[torch.Tensor, object]:
+    """`response_token_ce` with gradients, without the (B, T, V) logits: (ce, the model's outputs).
+
+    `model` is what the Trainer calls (maybe wrapped for data parallel), `base` the model inside it. The decoder's
+    last hidden state is caught by a hook while the model runs with `logits_to_keep=1` (its head sees one position);
+    the N response rows then go through the head `chunk_rows` at a time, each chunk checkpointed: its logits are
+    freed after the forward and recomputed in the backward, so memory holds one chunk of logits, not B x T x V.
+    Models whose logits are transformed after the head, or without a decoder, head or `logits_to_keep`, take the
+    plain forward."""
+    labels = inputs["labels"]
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    forward = getattr(getattr(base, "get_base_model", lambda: base)(), "forward", None)
+    if (decoder is None or head is None or any(getattr(base.config, a, None) for a in _LOGIT_TRANSFORMS)
+            or forward is None or "logits_to_keep" not in inspect.signature(forward).parameters):
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        return response_token_ce(outputs.logits, labels), outputs
+    caught: list[torch.Tensor] = []
+    hook = decoder.register_forward_hook(lambda module, args, out: caught.append(
+        out[0] if isinstance(out, tuple) else out.last_hidden_state))
+    try:
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=1)
+    finally:
+        hook.remove()
+    mask = target_mask(labels)
+    rows, targets = caught[-1][:, :-1][mask[:, 1:]], labels[mask]
+    if not torch.is_grad_enabled():
+        return _chunked_ce(rows, targets, chunk_rows, head), outputs
+    if not rows.shape[0]:
+        return _head_ce(head, rows, targets), outputs  # empty, still attached to the graph
+    return torch.cat([checkpoint(_head_ce, head, rows[i : i + chunk_rows], targets[i : i + chunk_rows],
+                                 use_reentrant=False) for i in range(0, rows.shape[0], chunk_rows)]), outputs
