@@ -20,6 +20,13 @@ import yaml
 from forgetune.errors import ForgetuneError
 
 
+def _one_of(name: str, value: Any, allowed, lead: str | None = None) -> None:
+    if value not in allowed:
+        if lead:
+            raise ForgetuneError(f"{lead} {value!r}; choose one of {', '.join(allowed)}")
+        raise ForgetuneError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+
+
 def option(default: Any, help: str) -> Any:
     """A dataclass field with its help text: the same text serves --help and the docs."""
     return field(default=default, metadata={"help": help})
@@ -39,6 +46,12 @@ class ModelConfig:
     merge_lora: bool = option(True, "Merge LoRA weights into the saved model (else save the adapter only).")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
 
+    def validate(self) -> None:
+        if self.lora_r < 1:
+            raise ForgetuneError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ForgetuneError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+
 
 @dataclass
 class DataConfig:
@@ -50,6 +63,10 @@ class DataConfig:
                                  "question-answer, sharegpt or text (no template, a loss on every token).")
     max_length: int = option(512, "Truncate tokenised examples to this many tokens (truncations are counted).")
     system_prompt: str | None = option(None, "System message prepended to every conversation that has none.")
+
+    def validate(self) -> None:
+        if self.max_length < 1:
+            raise ForgetuneError(f"max_length must be >= 1, got {self.max_length}")
 
 
 @dataclass
@@ -69,10 +86,20 @@ class ReferenceConfig:
         "and a rescore retrains them)."
     )
 
+    def validate(self) -> None:
+        if self.cross_fit < 1:
+            raise ForgetuneError(f"cross_fit must be >= 1, got {self.cross_fit}")
+        if not 0.0 < self.reference_fraction <= 1.0:
+            raise ForgetuneError(f"reference_fraction must be in (0, 1], got {self.reference_fraction}")
+
 
 @dataclass
 class ScoreConfig:
     score_batch_size: int = option(16, "Examples per forward pass when scoring.")
+
+    def validate(self) -> None:
+        if self.score_batch_size < 1:
+            raise ForgetuneError(f"score_batch_size must be >= 1, got {self.score_batch_size}")
 
 
 @dataclass
@@ -100,6 +127,16 @@ class PartitionConfig:
         "(all its tokens ignored), every other example learned in full: example-level filtering, the baseline that "
         "token-level forgetting has to beat (train it with objective ignore)."
     )
+
+    def validate(self) -> None:
+        if not (isinstance(self.rho, int | float) and 0.0 <= self.rho <= 1.0):
+            raise ForgetuneError(f"rho must be in [0, 1], got {self.rho}: pass e.g. --rho 0.7")
+        for name, allowed in (("granularity", ("global", "sequence", "batch")),
+                              ("rank_by", ("difference", "reference", "labels")), ("unit", ("token", "example")),
+                              ("neutral", ("ignore", "learn"))):
+            _one_of(name, getattr(self, name), allowed)
+        if self.negative_below is not None and not math.isfinite(self.negative_below):
+            raise ForgetuneError(f"negative_below must be a finite number, got {self.negative_below}")
 
 
 @dataclass
@@ -160,6 +197,37 @@ class TrainConfig:
     )
     run_name: str | None = option(None, "Run name the trackers show (default: the stage's folder, e.g. myrun/train).")
 
+    def validate(self) -> None:
+        if not 0.0 <= self.truncation_fraction < 1.0:
+            raise ForgetuneError(f"truncation_fraction must be in [0, 1), got {self.truncation_fraction}")
+        for name in ("lambda_max", "lambda_min", "learning_rate", "weight_decay", "max_grad_norm", "constraint_weight",
+                     "constraint_eta", "constraint_eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")
+        if self.lambda_min > self.lambda_max:
+            raise ForgetuneError(f"lambda_min ({self.lambda_min}) must not exceed lambda_max ({self.lambda_max})")
+        if not (math.isfinite(self.npo_beta) and self.npo_beta > 0):
+            raise ForgetuneError(f"npo_beta must be > 0, got {self.npo_beta}")
+        if self.max_negative_term is not None and not self.max_negative_term > 0:
+            raise ForgetuneError(f"max_negative_term must be > 0 (or none: no bound), got {self.max_negative_term}")
+        if self.save_steps < 0:
+            raise ForgetuneError(f"save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ForgetuneError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("logging_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ForgetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_steps < 0 or self.save_total_limit < 1:
+            raise ForgetuneError(f"eval_steps must be >= 0 and save_total_limit >= 1, got {self.eval_steps} and "
+                                 f"{self.save_total_limit}")
+        if self.load_best_model_at_end and not self.eval_data:
+            raise ForgetuneError("load_best_model_at_end needs eval_data: pass --eval-data FILE of held-out records")
+        from transformers import SchedulerType
+
+        _one_of("lr_scheduler", self.lr_scheduler, [s.value for s in SchedulerType], "unknown lr_scheduler")
+        _one_of("negative_mean", self.negative_mean, ("negatives", "tokens"))
+
 
 @dataclass
 class GenerateConfig:
@@ -167,6 +235,9 @@ class GenerateConfig:
     num_prompts: int = option(5, "How many prompts to answer when none are given.")
     max_new_tokens: int = option(64, "Tokens to generate per answer (greedy).")
     compare_base: bool = option(False, "Also answer with the base model, side by side.")
+
+    def validate(self) -> None:
+        """Nothing to check: any prompts file is read (and checked) when generating."""
 
 
 @dataclass
@@ -243,73 +314,15 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> RunConfig:
-        p, t = self.partition, self.train
-        if not (isinstance(p.rho, int | float) and 0.0 <= p.rho <= 1.0):
-            raise ForgetuneError(f"rho must be in [0, 1], got {p.rho}: pass e.g. --rho 0.7")
-        if p.granularity not in ("global", "sequence", "batch"):
-            raise ForgetuneError(f"granularity must be global, sequence or batch, got {p.granularity!r}")
-        if p.rank_by not in ("difference", "reference", "labels"):
-            raise ForgetuneError(f"rank_by must be difference, reference or labels, got {p.rank_by!r}")
-        if p.unit not in ("token", "example"):
-            raise ForgetuneError(f"unit must be token or example, got {p.unit!r}")
-        if not 0.0 <= t.truncation_fraction < 1.0:
-            raise ForgetuneError(f"truncation_fraction must be in [0, 1), got {t.truncation_fraction}")
-        if p.neutral not in ("ignore", "learn"):
-            raise ForgetuneError(f"neutral must be ignore or learn, got {p.neutral!r}")
-        if p.negative_below is not None and not math.isfinite(p.negative_below):
-            raise ForgetuneError(f"negative_below must be a finite number, got {p.negative_below}")
-        for name in ("lambda_max", "lambda_min"):
-            value = getattr(t, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")
-        if t.lambda_min > t.lambda_max:
-            raise ForgetuneError(f"lambda_min ({t.lambda_min}) must not exceed lambda_max ({t.lambda_max})")
-        if not (math.isfinite(t.npo_beta) and t.npo_beta > 0):
-            raise ForgetuneError(f"npo_beta must be > 0, got {t.npo_beta}")
-        for name in ("learning_rate", "weight_decay", "max_grad_norm", "constraint_weight", "constraint_eta",
-                     "constraint_eps"):
-            value = getattr(t, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")
-        if t.max_negative_term is not None and not t.max_negative_term > 0:
-            raise ForgetuneError(f"max_negative_term must be > 0 (or none: no bound), got {t.max_negative_term}")
-        if t.save_steps < 0:
-            raise ForgetuneError(f"save_steps must be >= 0 (0: no checkpoints), got {t.save_steps}")
-        if not 0.0 <= t.warmup_ratio < 1.0:
-            raise ForgetuneError(f"warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
-        if t.logging_steps < 1:
-            raise ForgetuneError(f"logging_steps must be >= 1, got {t.logging_steps}")
-        if t.eval_steps < 0 or t.save_total_limit < 1:
-            raise ForgetuneError(f"eval_steps must be >= 0 and save_total_limit >= 1, got {t.eval_steps} and "
-                                 f"{t.save_total_limit}")
-        if t.load_best_model_at_end and not t.eval_data:
-            raise ForgetuneError("load_best_model_at_end needs eval_data: pass --eval-data FILE of held-out records")
-        from transformers import SchedulerType
-
-        schedulers = [s.value for s in SchedulerType]
-        if t.lr_scheduler not in schedulers:
-            raise ForgetuneError(f"unknown lr_scheduler {t.lr_scheduler!r}; choose one of {', '.join(schedulers)}")
-        if t.negative_mean not in ("negatives", "tokens"):
-            raise ForgetuneError(f"negative_mean must be negatives or tokens, got {t.negative_mean!r}")
-        r = self.reference
+        """Each section checks its own fields; the one check across sections (steps of both trainings) is here."""
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        t, r = self.train, self.reference
         for epochs, max_steps, flag in ((t.epochs, t.max_steps, "epochs"),
                                         (r.reference_epochs, r.reference_max_steps, "reference_epochs")):
             if max_steps <= 0 and not (math.isfinite(epochs) and epochs > 0):  # else 0 steps: the base model, "trained"
                 raise ForgetuneError(f"{flag} must be > 0 (or set {flag.replace('epochs', 'max_steps')} > 0), "
                                      f"got {epochs}")
-        if r.cross_fit < 1:
-            raise ForgetuneError(f"cross_fit must be >= 1, got {r.cross_fit}")
-        if not 0.0 < r.reference_fraction <= 1.0:
-            raise ForgetuneError(f"reference_fraction must be in (0, 1], got {r.reference_fraction}")
-        for name, value in (("batch_size", t.batch_size), ("grad_accum", t.grad_accum),
-                            ("max_length", self.data.max_length), ("score_batch_size", self.score.score_batch_size)):
-            if value < 1:
-                raise ForgetuneError(f"{name} must be >= 1, got {value}")
-        if self.model.lora_r < 1:
-            raise ForgetuneError(f"lora_r must be >= 1, got {self.model.lora_r}")
-        if self.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ForgetuneError(f"dtype must be auto, float32, bfloat16 or float16, got {self.model.dtype!r}")
-        self.unlearn.validate()
         return self
 
 
