@@ -1,4 +1,5 @@
-"""Batched generation with left padding (so every prompt ends where generation starts)."""
+"""Batched generation with left padding (so every prompt ends where generation starts), prompts of similar length
+batched together."""
 
 from __future__ import annotations
 
@@ -16,21 +17,27 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
     """Answers to conversations ending in a user turn: greedy when temperature is 0, else `samples` draws each
     (returned prompt by prompt: samples for prompt 0, then prompt 1, ...)."""
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    # Longest first in batches of similar length (little left padding); the answers come back in the prompts' order.
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     device = next(model.parameters()).device
     model.eval()
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0,
                 "num_return_sequences": samples} if temperature > 0 else {"do_sample": False}
-    answers: list[str] = []
+    answers: list[list[str]] = [[] for _ in texts]
     bar = tqdm(total=len(texts) * samples, desc="generating", unit="answer", leave=False,
                disable=not log.isEnabledFor(logging.INFO))
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
-                          padding_side="left", add_special_tokens=False).to(device)
+        chosen = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True, padding_side="left",
+                          add_special_tokens=False).to(device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, **sampling)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
-        answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        decoded = [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        for k, i in enumerate(chosen):  # generate returns each prompt's samples together
+            answers[i] = decoded[k * samples : (k + 1) * samples]
         bar.update(len(new_tokens))
     bar.close()
-    return answers
+    return [a for per_prompt in answers for a in per_prompt]
 

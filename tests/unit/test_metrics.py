@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -369,3 +370,32 @@ def test_paired_difference_hand_computed_and_its_interval_can_exclude_zero():
         paired_difference([np.ones(3)], [np.ones(4)])
     # sample std: values 1, 2, 3 -> sqrt(((1-2)^2 + 0 + (3-2)^2) / 2) = 1, not the population sqrt(2/3)
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([0.4]) == (0.4, 0.0)
+
+
+class LengthModel(torch.nn.Module):
+    """"Generates" the token whose id is its prompt's length (the unpadded tokens), num_return_sequences times: each
+    answer tells which prompt it was generated for."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, num_return_sequences=1, **kwargs):
+        answer = attention_mask.sum(dim=1, keepdim=True).repeat(1, max_new_tokens)
+        return torch.cat([input_ids, answer], dim=1).repeat_interleave(num_return_sequences, dim=0)
+
+
+def test_generation_batches_by_length_and_returns_answers_in_the_prompts_order(tokenizer):
+    """Prompts of very different lengths, batched longest first: each answer comes back at its prompt's place, and
+    sampled answers come prompt by prompt."""
+    from forgetune.generation import generate_answers
+
+    prompts = [[{"role": "user", "content": "tell me " * n + "more"}] for n in (1, 9, 3, 12, 0)]
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    expected = [a.strip() for a in tokenizer.batch_decode([[n] for n in lengths], skip_special_tokens=True)]
+    assert len(set(expected)) == len(prompts)  # distinct answers: a mix-up would show
+    assert generate_answers(LengthModel(), tokenizer, prompts, max_new_tokens=1, batch_size=2) == expected
+    sampled = generate_answers(LengthModel(), tokenizer, prompts, max_new_tokens=1, batch_size=2, samples=3,
+                               temperature=1.0)
+    assert sampled == [a for a in expected for _ in range(3)]
