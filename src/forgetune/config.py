@@ -172,6 +172,10 @@ class TrainConfig:
     batch_size: int = option(16, "Examples per device per step.")
     grad_accum: int = option(1, "Gradient accumulation steps.")
     max_grad_norm: float = option(1.0, "Gradient clipping norm (the forgetting term needs it on).")
+    group_by_length: bool = option(
+        False, "Batches of examples of similar length (little padding; transformers' group_by_length). It changes the "
+        "order the examples are seen in, so results differ from the default random order: off by default."
+    )
     logging_steps: int = option(5, "Log losses every N steps.")
     save_steps: int = option(0, "If > 0, checkpoint every N steps so an interrupted stage resumes.")
     max_negative_term: float | None = option(

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from forgetune.config import TrainConfig
 from forgetune.data.collator import Collator
@@ -66,6 +67,12 @@ class RoundedProgress(ProgressCallback):
             self.training_bar.write(format_logs({"step": state.global_step, **logs}))
 
 
+def example_lengths(dataset: Any) -> list[int]:
+    """Token count of each training example: a feature's input_ids, or an unlearning item's forget row's."""
+    forget_rows = getattr(dataset, "forget", None)
+    return [len(f["input_ids"]) for f in (forget_rows if forget_rows is not None else dataset)]
+
+
 def flat_token_batch(inputs: dict[str, torch.Tensor]) -> TokenBatch:
     """A collated batch's per-position fields, flattened to one entry per response token in (row, position) order:
     the order of `response_token_ce`, so entry i of each field belongs to CE i."""
@@ -92,6 +99,15 @@ class ObjectiveTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, list[Any]] = defaultdict(list)
         self._step_totals: dict[str, torch.Tensor] | None = None
+
+    def _get_train_sampler(self, train_dataset=None):
+        """transformers' length-grouped sampler, told each example's length (unlearning's items hold a forget row and
+        a random retain row: the forget row's length decides)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=example_lengths(dataset))
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimiser step, and (for a loss exact under accumulation, over several of them)
@@ -246,6 +262,7 @@ def fit(
             report_to=[t for t in trackers if t != "tensorboard"] or "none",  # tensorboard: our callback, our folder
             run_name=cfg.run_name or "/".join(work_dir.parts[-2:]),  # e.g. myrun/train
             remove_unused_columns=False,
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
             dataloader_pin_memory=on_gpu,
             use_cpu=not on_gpu,  # a CPU state: several launched CPU processes then form one gloo group
             bf16=dtype == torch.bfloat16 and on_gpu,

@@ -675,3 +675,34 @@ def test_eval_data_during_training_and_the_best_checkpoint_kept(tiny_model_dir, 
     assert np.mean(losses) == pytest.approx(evals[best], rel=1e-4)
     assert best != 4, evals  # the run was built so that the last step is not the best
     assert not (out / "train" / "checkpoints").exists()
+
+
+def test_group_by_length_batches_similar_lengths_and_runs(tiny_model_dir, tmp_path, tokenizer):
+    """--group-by-length: transformers' length-grouped sampler (megabatches of a quarter of the data, sorted), fed each
+    example's length; less than half the padding of the random order on data of mixed lengths; `run` and `unlearn`
+    train with it."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from forgetune.data.collator import make_features
+    from forgetune.data.formats import load_examples
+    from forgetune.trainer import example_lengths
+    from forgetune.unlearn import ForgetRetainDataset
+
+    rows = [{"prompt": "Say " + "very " * (i % 17) + "much.", "completion": "Yes " * (1 + i % 5)} for i in range(320)]
+    data = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    features = make_features(load_examples(data, tokenizer)[0])
+    lengths = example_lengths(features)
+    assert example_lengths(ForgetRetainDataset(features, features[:3])) == lengths
+
+    def padding(order):
+        batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+        return sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches) / sum(lengths)
+
+    torch.manual_seed(0)
+    grouped = padding(list(LengthGroupedSampler(8, lengths=lengths)))
+    shuffled = padding(torch.randperm(len(lengths)).tolist())
+    assert grouped < shuffled / 2, (grouped, shuffled)
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, data, out, "--objective", "sft", "--group-by-length")) == 0
+    assert run_cli("unlearn", "--model", tiny_model_dir, "--forget", data, "--retain", data, "--output",
+                   tmp_path / "unl", "--max-steps", "2", "--group-by-length", "--quiet") == 0
