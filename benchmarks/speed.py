@@ -230,6 +230,37 @@ def bench_training_memory(quick: bool) -> None:
            f"{chunked / 1024:.0f} MB, full logits {full / 1024:.0f} MB")
 
 
+def padded_fraction(lengths: list[int], order: list[int], batch_size: int) -> float:
+    """Padding tokens over all tokens when the examples are batched in `order` (padded to each batch's longest)."""
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    pads = sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches)
+    return pads / (pads + sum(lengths))
+
+
+def bench_padding(batch_size: int = 16) -> None:
+    """Padded fraction of the training batches on the benchmarks' own data (SmolLM2's tokenizer and chat template):
+    the default random order vs --group-by-length (transformers' length-grouped sampler)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from forgetune.bench.data import arith, numwords
+    from forgetune.data.formats import Record, tokenize_records
+    from forgetune.models import embedded_model_dir, load_tokenizer
+
+    tokenizer = load_tokenizer(embedded_model_dir())
+    corpora = {"arith": arith.make_arith(400, noise=0.3, seed=0),
+               "numwords": numwords.make_numwords(400, 0, 0, 0, wrong_fraction=0.7, seed=0)["train"]}
+    for name, rows in corpora.items():
+        records = [Record(str(i), [{"role": "user", "content": r["prompt"]},
+                                   {"role": "assistant", "content": r["completion"]}], name)
+                   for i, r in enumerate(rows)]
+        lengths = [len(ex.input_ids) for ex in tokenize_records(records, tokenizer, 512, warn=False)[0]]
+        torch.manual_seed(0)
+        random_order = padded_fraction(lengths, torch.randperm(len(lengths)).tolist(), batch_size)
+        grouped = padded_fraction(lengths, list(LengthGroupedSampler(batch_size, lengths=lengths)), batch_size)
+        print(f"padded_fraction_{name}_grouped_vs_random ratio={grouped / random_order:.2f} target=report ok  "
+              f"(batch {batch_size}: random order {random_order:.1%} padding, grouped {grouped:.1%})")
+
+
 def bench_trl(quick: bool) -> None:
     """forgetune's `sft` vs TRL's SFTTrainer: same model, data, batch, LoRA, optimiser; train tokens per second."""
     try:
@@ -307,6 +338,7 @@ def main() -> None:
     bench_training_memory(args.quick)
     bench_partition(10**7 if args.quick else 10**8, 10**5 if args.quick else 10**6)
     bench_step(5 if args.quick else 20)
+    bench_padding()
     bench_trl(args.quick)
 
 
