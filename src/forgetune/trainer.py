@@ -103,9 +103,9 @@ class ObjectiveTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         """transformers' length-grouped sampler, told each example's length (unlearning's items hold a forget row and
         a random retain row: the forget row's length decides)."""
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=example_lengths(dataset))
 
@@ -146,9 +146,8 @@ class ObjectiveTrainer(Trainer):
             loss, metrics = self.objective(ce, tokens, self.progress)
         except ValueError as e:  # e.g. constrained's log of a NaN forget loss: one line, not a traceback
             raise TrainingDiverged(self.state.global_step + 1, str(e)) from None
-        if model.training:
-            self.check_divergence(loss, metrics)
-            self.record(metrics)
+        self.check_divergence(loss, metrics)
+        self.record(metrics)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
