@@ -24,7 +24,7 @@ from forgetune import objectives
 from forgetune.config import RunConfig, dump_yaml, from_dict, load_yaml, result_settings
 from forgetune.data.collator import make_features
 from forgetune.data.formats import Example, load_examples, load_records
-from forgetune.data.hub import resolve_data
+from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
     DONE_MARKER,
@@ -87,7 +87,7 @@ class Run:
         return hash_obj(
             "reference", self.data_key, settings, dataclasses.asdict(self.cfg.model),
             {k: getattr(self.cfg.train, k) for k in OPTIM_FIELDS}, self.global_batch(), self.reference_steps(),
-            fingerprint_path(r.reference_data) if r.reference_data else None,
+            fingerprint_path(resolve_data(r.reference_data)) if r.reference_data else None,
         )
 
     def global_batch(self) -> int:
@@ -105,7 +105,7 @@ class Run:
 
     def train_key(self) -> str:
         upstream = self.partition_key() if self.objective().needs_partition else self.data_key
-        held_out = (fingerprint_path(self.cfg.train.eval_data),) if self.cfg.train.eval_data else ()
+        held_out = (fingerprint_path(resolve_data(self.cfg.train.eval_data)),) if self.cfg.train.eval_data else ()
         return hash_obj("train", upstream, result_settings(self.cfg.train), dataclasses.asdict(self.cfg.model),
                         *held_out)
 
@@ -126,10 +126,10 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
     corpus = cfg.data.data or cfg.unlearn.forget  # an unlearning run's corpus is its forget set
     if not corpus:
         raise ForgetuneError("no training data: pass --data FILE (.jsonl, .json, .parquet or a datasets folder)")
-    if cfg.data.data:
-        corpus = resolve_data(corpus, cfg.data.data_config, cfg.data.data_split)
+    corpus = resolve_data(corpus, cfg.data.data_config, cfg.data.data_split) if cfg.data.data else resolve_data(corpus)
     objectives.build(cfg.train)  # fail early on an unknown objective
-    if cfg.reference.reference_data and not Path(cfg.reference.reference_data).exists():
+    reference_data = cfg.reference.reference_data
+    if reference_data and not Path(reference_data).exists() and not is_dataset_name(reference_data):
         raise ForgetuneError(f"{cfg.reference.reference_data}: reference data file not found")
     run_dir = Path(cfg.output)
     if run_dir.exists() and not run_dir.is_dir():

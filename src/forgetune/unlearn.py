@@ -37,6 +37,7 @@ from forgetune import unlearning
 from forgetune.config import UNLEARN_DEFAULTS, RunConfig, UnlearnConfig, dump_yaml, resolve, result_settings
 from forgetune.data.collator import Collator, make_features
 from forgetune.data.formats import Example, load_examples
+from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
     DONE_MARKER,
@@ -84,7 +85,7 @@ def check_inputs(cfg: RunConfig) -> None:
             raise ForgetuneError(f"unlearn: --{flag} is required ({what})")
     for name in ("forget", "retain", "holdout"):
         path = getattr(u, name)
-        if path and not Path(path).exists():
+        if path and not Path(path).exists() and not is_dataset_name(path):
             raise ForgetuneError(f"{path}: file not found (--{name})")
     unlearning.get(u.method)
     unlearning.get(u.forget_loss)
@@ -216,9 +217,10 @@ class KeepPruned(TrainerCallback):
 
 def unlearn_key(cfg: RunConfig, model_path: Path) -> str:
     u = cfg.unlearn
-    files = {name: fingerprint_path(getattr(u, name)) for name in ("forget", "retain", "holdout") if getattr(u, name)}
+    files = {name: fingerprint_path(resolve_data(getattr(u, name))) for name in ("forget", "retain", "holdout")
+             if getattr(u, name)}
     if cfg.train.eval_data:
-        files["eval_data"] = fingerprint_path(cfg.train.eval_data)
+        files["eval_data"] = fingerprint_path(resolve_data(cfg.train.eval_data))
     ref = model_fingerprint(resolve_model_path(u.token_reference)) if u.tokens == "scored" else None
     train = result_settings(cfg.train, leave_out=("save_steps",))
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "data"}

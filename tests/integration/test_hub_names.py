@@ -99,3 +99,16 @@ def test_a_real_process_reads_hf_home_and_the_offline_flag(tmp_path, tiny_model_
             "sft", "--max-steps", "1", "--batch-size", "4", "--quiet"]
     result = subprocess.run([sys.executable, "-m", "forgetune", *argv], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_data_option_takes_a_dataset_name(offline_hub, tmp_path):
+    """The forget and retain sets of unlearning and a trusted reference file name their datasets the same way."""
+    out = tmp_path / "unl"
+    assert main(["unlearn", "--model", "org/tiny", "--forget", "org/tiny-data", "--retain", "org/tiny-data",
+                 "--output", str(out), "--max-steps", "1", "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["stages"]["unlearn"]["steps"] == 1
+    run = tmp_path / "run"
+    assert main(["run", "--model", "org/tiny", "--data", "org/tiny-data", "--reference-data", "org/tiny-data",
+                 "--output", str(run), "--max-steps", "1", "--batch-size", "4", "--score-batch-size", "8",
+                 "--quiet"]) == 0
+    assert json.loads((run / "summary.json").read_text())["stages"]["reference"]["mode"] == "reference_data"
