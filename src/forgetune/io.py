@@ -145,3 +145,8 @@ def stage_done(stage_dir: Path, key: str) -> bool:
 
 def mark_done(stage_dir: Path, key: str, **info: Any) -> None:
     write_json(stage_dir / DONE_MARKER, {"key": key, **info})
+
+
+def cache_dir() -> Path:
+    """Where converted models and local copies of Hub datasets live: $FORGETUNE_CACHE, else ~/.cache/forgetune."""
+    return Path(os.environ.get("FORGETUNE_CACHE", Path.home() / ".cache" / "forgetune"))

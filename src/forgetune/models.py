@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -12,8 +11,9 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from forgetune.config import ModelConfig
+from forgetune.data.hub import hub_snapshot
 from forgetune.errors import ForgetuneError
-from forgetune.io import atomic_path, hash_obj
+from forgetune.io import atomic_path, cache_dir, hash_obj
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,6 @@ def torch_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return DTYPES[name]
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $FORGETUNE_CACHE, else ~/.cache/forgetune."""
-    return Path(os.environ.get("FORGETUNE_CACHE", Path.home() / ".cache" / "forgetune"))
 
 
 def embedded_model_dir() -> Path:
@@ -90,30 +85,17 @@ def resolve_model_path(model: str | None) -> Path:
     if (path / "config.json").is_file():
         return path
     if not path.exists() and model.count("/") <= 1 and not model.startswith((".", "/", "~")):
-        return hub_snapshot(model)
+        return hub_model(model)
     raise ForgetuneError(
         f"{model}: not a local Hugging Face model directory (no config.json); "
         "pass a folder saved with save_pretrained, a Hub id (org/name), or omit --model for the embedded default"
     )
 
 
-def hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        path = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
-    except HFValidationError:
-        raise ForgetuneError(f"{repo_id}: neither a local model directory nor a Hugging Face Hub id (org/name)"
-                             ) from None
-    except LocalEntryNotFoundError:
-        raise ForgetuneError(
-            f"{repo_id}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be reached "
-            f"(HF_HUB_OFFLINE={constants.HF_HUB_OFFLINE and 1}); download it where it can: `hf download {repo_id}`"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ForgetuneError(f"{repo_id}: no such model on the Hugging Face Hub (or it is private: `hf auth login`)"
-                             ) from None
+def hub_model(repo_id: str) -> Path:
+    path = hub_snapshot(repo_id, "model", allow_patterns=HUB_FILES,
+                        invalid="neither a local model directory nor a Hugging Face Hub id (org/name)",
+                        missing="no such model on the Hugging Face Hub (or it is private: `hf auth login`)")
     if not (path / "config.json").is_file():
         raise ForgetuneError(f"{repo_id}: the Hub repo holds no config.json; it is not a transformers model")
     return path
