@@ -74,6 +74,10 @@ class ReferenceConfig:
     reference_data: str | None = option(
         None, "Separate trusted/curated file to train the reference on (the paper's setting); it scores all examples."
     )
+    reference_model: str | None = option(
+        None, "An already trained reference (a model dir, LoRA adapter dir or Hub id) that never saw this corpus, e.g. "
+        "one trained on trusted data before: it scores every example and nothing is trained."
+    )
     cross_fit: int = option(
         2, "K >= 2: K references, each trained on all folds but one and scoring only that unseen fold. 1: off."
     )
@@ -89,6 +93,9 @@ class ReferenceConfig:
     def validate(self) -> None:
         if self.cross_fit < 1:
             raise ForgetuneError(f"cross_fit must be >= 1, got {self.cross_fit}")
+        if self.reference_data and self.reference_model:
+            raise ForgetuneError("reference_data trains a reference and reference_model is one already trained: pass "
+                                 "one of --reference-data and --reference-model")
         if not 0.0 < self.reference_fraction <= 1.0:
             raise ForgetuneError(f"reference_fraction must be in (0, 1], got {self.reference_fraction}")
 
@@ -517,7 +524,7 @@ def resolve(yaml_path: str | Path | None = None, flags: dict[str, Any] | None = 
         apply_overrides(cfg, PRESETS[preset], f"preset {preset}")
     apply_overrides(cfg, file_values, str(yaml_path))
     apply_overrides(cfg, flags, "command line")
-    if cfg.reference.reference_data:  # what a trusted reference changes, unless a layer set it itself
+    if cfg.reference.reference_data or cfg.reference.reference_model:  # a reference that never saw the corpus
         given = _given([base or {}, PRESETS.get(preset, {}), file_values, flags])
         apply_overrides(cfg, {section: {k: v for k, v in fields.items() if k not in given}
                               for section, fields in TRUSTED_REFERENCE_DEFAULTS.items()}, "trusted-reference defaults")

@@ -88,6 +88,7 @@ class Run:
             "reference", self.data_key, settings, dataclasses.asdict(self.cfg.model),
             {k: getattr(self.cfg.train, k) for k in OPTIM_FIELDS}, self.global_batch(), self.reference_steps(),
             fingerprint_path(resolve_data(r.reference_data)) if r.reference_data else None,
+            model_fingerprint(resolve_model_path(r.reference_model)) if r.reference_model else None,
         )
 
     def global_batch(self) -> int:
@@ -198,6 +199,8 @@ def reference_plan(run: Run) -> list[dict[str, Any]]:
     """Which examples each reference trains on ("train") and which it scores ("score"; None = all)."""
     r, n = run.cfg.reference, len(run.examples)
     perm = np.random.default_rng(run.cfg.train.seed).permutation(n)
+    if r.reference_model:
+        return [{"train": None, "score": None}]  # trained already: nothing to train, it scores everything
     if r.reference_data:
         return [{"train": "reference_data", "score": None}]
     if r.cross_fit >= 2:
@@ -221,7 +224,7 @@ def _is_model_dir(path: Path) -> bool:
 def references_deleted(run: Run) -> bool:
     """True when the reference stage finished but its models were deleted after scoring (keep_references off)."""
     stage_dir = run.stage_dir("reference")
-    if not (stage_dir / "plan.json").is_file():
+    if run.cfg.reference.reference_model or not (stage_dir / "plan.json").is_file():
         return False
     return not all(_is_model_dir(stage_dir / f"model-{k}") for k in range(len(read_json(stage_dir / "plan.json"))))
 
@@ -241,6 +244,9 @@ def reference(run: Run) -> dict[str, Any]:
     epochs, max_steps = run.reference_steps()
     sft = objectives.build(dataclasses.replace(run.cfg.train, objective="sft"))
     for k, part in enumerate(plan):
+        if part["train"] is None:
+            log.info("reference: %s, trained already", run.cfg.reference.reference_model)
+            continue
         fold_key = hash_obj(key, k)
         model_dir = stage_dir / f"model-{k}"
         if stage_done(stage_dir / f"fold-{k}", fold_key) and _is_model_dir(model_dir):
@@ -263,8 +269,22 @@ def reference(run: Run) -> dict[str, Any]:
     if process_state().is_main_process:
         write_json(stage_dir / "plan.json", plan)
     return _finish(run, "reference", key, started, references=len(plan),
-                   mode="reference_data" if run.cfg.reference.reference_data
-                   else f"cross_fit={len(plan)}" if len(plan) > 1 else "subset")
+                   mode=reference_mode(run.cfg, len(plan)))
+
+
+def reference_mode(cfg: RunConfig, references: int) -> str:
+    r = cfg.reference
+    if r.reference_model:
+        return "reference_model"
+    if r.reference_data:
+        return "reference_data"
+    return f"cross_fit={references}" if references > 1 else "subset"
+
+
+def reference_model_dir(run: Run, k: int) -> Path:
+    """Where reference k's weights are: the given model (--reference-model) or the one the stage trained."""
+    given = run.cfg.reference.reference_model
+    return resolve_model_path(given) if given else run.stage_dir("reference") / f"model-{k}"
 
 
 # ---------------------------------------------------------------------------------------------------------------- #
@@ -302,7 +322,7 @@ def score(run: Run) -> dict[str, Any]:
         del base
         ce_ref = array("ce_ref")
         for k, part in enumerate(plan):
-            ref = load_for_inference(ref_dir / f"model-{k}", cfg.model.dtype, base=run.model_path)
+            ref = load_for_inference(reference_model_dir(run, k), cfg.model.dtype, base=run.model_path)
             token_ce(ref, run.examples, pad, cfg.score.score_batch_size, indices=part["score"], out=ce_ref,
                      desc=f"scoring reference {k + 1}/{len(plan)}")
             del ref
@@ -415,13 +435,13 @@ def ranking_in_force(cfg: RunConfig) -> str:
     if p.rank_by == "labels":
         return "negatives are the tokens that differ from each record's meta.clean_completion (no ranking)"
     negatives = "every other token" if p.negative_below is None else f"the others ranked below {p.negative_below:g}"
-    why = {("reference", True): " (the default with --reference-data: a trusted reference never saw the corpus's "
-                                 "errors, so they surprise it; docs/results.md section 0)",
+    why = {("reference", True): " (the default with --reference-data or --reference-model: a trusted reference "
+                                 "never saw the corpus's errors, so they surprise it; docs/results.md section 0)",
            ("difference", False): " (the default without --reference-data; with a trusted file forgetune ranks by "
                                    "-CE_ref instead: docs/results.md section 0)"}
     return (f"ranking by {RANKINGS[p.rank_by]}; top {p.rho:g} positive, negative: {negatives}"
             + (", whole examples" if p.unit == "example" else "")
-            + why.get((p.rank_by, bool(cfg.reference.reference_data)), ""))
+            + why.get((p.rank_by, bool(cfg.reference.reference_data or cfg.reference.reference_model)), ""))
 
 
 def load_polarity(run: Run) -> np.ndarray:

@@ -85,9 +85,12 @@ def flat_token_batch(inputs: dict[str, torch.Tensor]) -> TokenBatch:
     )
 
 
-class ObjectiveTrainer(Trainer):
+class ObjectiveLossMixin:
     """Every loss (SFT objective or unlearning method) through one protocol: `objective(ce, tokens, progress)`; an
-    update rule that declares `writes_gradients` gets `backward(parameters, ce, tokens, progress)` instead."""
+    update rule that declares `writes_gradients` gets `backward(parameters, ce, tokens, progress)` instead.
+
+    Mixed into a transformers Trainer (forgetune's own, or TRL's SFTTrainer: `forgetune.integrations.trl`); the
+    trainer supplies `token_batch(model, inputs) -> (ce, tokens, outputs)`, its one forward pass."""
 
     def __init__(self, *args: Any, objective: Objective, max_negative_term: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -97,17 +100,11 @@ class ObjectiveTrainer(Trainer):
         # must not divide it by the accumulation steps again. Any other loss is a micro-batch mean it divides.
         self.loss_is_scaled_for_ga = objective.exact_under_accumulation
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, list[Any]] = defaultdict(list)
+        self._objective_metrics: dict[str, list[Any]] = defaultdict(list)
         self._step_totals: dict[str, torch.Tensor] | None = None
 
-    def _get_train_sampler(self, train_dataset=None):
-        """transformers' length-grouped sampler, told each example's length (unlearning's items hold a forget row and
-        a random retain row: the forget row's length decides)."""
-        if self.args.train_sampling_strategy != "group_by_length":
-            return super()._get_train_sampler(train_dataset)
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=example_lengths(dataset))
+    def token_batch(self, model, inputs) -> tuple[torch.Tensor, TokenBatch, Any]:
+        raise NotImplementedError
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimiser step, and (for a loss exact under accumulation, over several of them)
@@ -120,35 +117,21 @@ class ObjectiveTrainer(Trainer):
             self._step_totals = {key: sum(c[key] for c in counts).to(device) for key in COUNTS}
         return batches, num_items
 
-    def token_batch(self, model, inputs) -> tuple[torch.Tensor, TokenBatch, Any]:
-        """One forward pass: the flat CE of the batch's response tokens (no full-vocabulary logits: see
-        `training_response_token_ce`), their per-token labels (aligned) and the model's outputs."""
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # sharded head: only the model's own forward has it
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            ce = response_token_ce(outputs.logits, inputs["labels"])
-        else:
-            ce, outputs = training_response_token_ce(model, inputs, self.accelerator.unwrap_model(model))
-        tokens = flat_token_batch(inputs)
-        if model.training:
-            tokens.totals = self._step_totals
-        return ce, tokens, outputs
-
     @property
     def progress(self) -> float:
         return self.state.global_step / max(self.state.max_steps, 1)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def objective_loss(self, model, inputs) -> tuple[torch.Tensor, Any]:
+        """The training loss of one micro-batch, checked for divergence before it reaches the weights."""
         ce, tokens, outputs = self.token_batch(model, inputs)
-        if not model.training:  # evaluation (--eval-data): the held-out responses' mean CE, whatever the objective
-            loss = ce.mean() if ce.numel() else ce.sum()
-            return (loss, outputs) if return_outputs else loss
+        tokens.totals = self._step_totals
         try:
             loss, metrics = self.objective(ce, tokens, self.progress)
         except ValueError as e:  # e.g. constrained's log of a NaN forget loss: one line, not a traceback
             raise TrainingDiverged(self.state.global_step + 1, str(e)) from None
         self.check_divergence(loss, metrics)
         self.record(metrics)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self.objective.writes_gradients:
@@ -156,6 +139,7 @@ class ObjectiveTrainer(Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         ce, tokens, _ = self.token_batch(model, inputs)
+        tokens.totals = self._step_totals
         try:
             metrics = self.objective.backward(list(model.parameters()), ce, tokens, self.progress)
         except ValueError as e:
@@ -168,7 +152,7 @@ class ObjectiveTrainer(Trainer):
     def record(self, metrics: dict[str, Any]) -> None:
         """Kept as they come (tensors detached, no sync); numbers only when the Trainer logs."""
         for key, value in metrics.items():
-            self._metrics[key].append(value.detach() if isinstance(value, torch.Tensor) else value)
+            self._objective_metrics[key].append(value.detach() if isinstance(value, torch.Tensor) else value)
 
     def check_divergence(self, loss: torch.Tensor, metrics: dict[str, Any]) -> None:
         """Stop before a diverged loss reaches the weights; every process stops together (no one left waiting)."""
@@ -181,11 +165,42 @@ class ObjectiveTrainer(Trainer):
             raise TrainingDiverged(self.state.global_step + 1, reason)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        for key, values in self._metrics.items():
+        for key, values in self._objective_metrics.items():
             numbers = [float(v) for v in values]
             logs[key] = sum(numbers) / len(numbers) if not key.startswith("tokens_") else sum(numbers)
-        self._metrics.clear()
+        self._objective_metrics.clear()
         super().log(logs, start_time)
+
+
+class ObjectiveTrainer(ObjectiveLossMixin, Trainer):
+    """forgetune's trainer: its features and collator carry the per-token labels (`forgetune.data.collator`)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        """transformers' length-grouped sampler, told each example's length (unlearning's items hold a forget row and
+        a random retain row: the forget row's length decides)."""
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=example_lengths(dataset))
+
+    def token_batch(self, model, inputs) -> tuple[torch.Tensor, TokenBatch, Any]:
+        """One forward pass: the flat CE of the batch's response tokens (no full-vocabulary logits: see
+        `training_response_token_ce`), their per-token labels (aligned) and the model's outputs."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # sharded head: only the model's own forward has it
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            ce = response_token_ce(outputs.logits, inputs["labels"])
+        else:
+            ce, outputs = training_response_token_ce(model, inputs, self.accelerator.unwrap_model(model))
+        return ce, flat_token_batch(inputs), outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            loss, outputs = self.objective_loss(model, inputs)
+        else:  # evaluation (--eval-data): the held-out responses' mean CE, whatever the objective
+            ce, _, outputs = self.token_batch(model, inputs)
+            loss = ce.mean() if ce.numel() else ce.sum()
+        return (loss, outputs) if return_outputs else loss
 
 
 def fit(

@@ -198,6 +198,27 @@ def test_reference_data_mode(tiny_model_dir, arith_jsonl, tmp_path):
     assert plan == [{"train": "reference_data", "score": None}]
 
 
+def test_reference_model_mode_scores_with_the_given_model_and_trains_none(tiny_model_dir, arith_jsonl, tmp_path):
+    """--reference-model: the plan trains nothing, the scores are that model's CE, and the model is never deleted."""
+    import numpy as np
+
+    from forgetune.data.formats import load_examples
+    from forgetune.models import load_model, load_tokenizer
+    from forgetune.scoring.scorer import token_ce
+
+    out = tmp_path / "run"
+    assert run_cli("run", *base_args(tiny_model_dir, arith_jsonl, out, "--reference-model", tiny_model_dir)) == 0
+    assert json.loads((out / "reference" / "plan.json").read_text()) == [{"train": None, "score": None}]
+    assert not list((out / "reference").glob("model-*")) and (tiny_model_dir / "config.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())["stages"]
+    assert summary["reference"]["mode"] == "reference_model"
+    tokenizer = load_tokenizer(tiny_model_dir)
+    examples, _ = load_examples(arith_jsonl, tokenizer)
+    expected = token_ce(load_model(tiny_model_dir), examples, tokenizer.pad_token_id)
+    assert np.allclose(np.load(out / "score" / "ce_ref.npy"), expected, atol=1e-5)
+    assert np.allclose(np.load(out / "score" / "scores.npy"), 0.0, atol=1e-5)  # the base is its own reference
+
+
 def test_stale_scores_are_detected(tiny_model_dir, arith_jsonl, tmp_path, capsys):
     from forgetune.bench.data.arith import make_arith
 

@@ -427,6 +427,13 @@ def test_reference_data_brings_the_trusted_reference_defaults_unless_set(tmp_pat
     assert (paper.partition.rank_by, paper.partition.negative_below) == ("difference", None)
 
 
+def test_a_reference_model_is_trusted_like_a_reference_file_and_excludes_it():
+    cfg = resolve(flags={"reference_model": "ref-dir"})
+    assert (cfg.partition.rank_by, cfg.train.objective) == ("reference", "ignore")
+    with pytest.raises(ForgetuneError, match="one of --reference-data and --reference-model"):
+        resolve(flags={"reference_model": "ref-dir", "reference_data": "trusted.jsonl"})
+
+
 def test_the_ranking_in_force_is_said_with_its_reason():
     from forgetune.pipeline import ranking_in_force
 
