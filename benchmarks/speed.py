@@ -5,8 +5,8 @@
 
 Targets (issues #6, #21): scoring throughput vs the raw forward of the same models on the same tokens, flat peak RSS of
 scoring at two corpus sizes, training's peak RSS with a 128k vocabulary (chunked head vs full logits), a `forget` step
-vs an `sft` step, the global partition vs np.partition and vs a naive pure-Python sort, and forgetune's `sft`
-tokens/s vs TRL's SFTTrainer (needs `pip install trl`).
+vs an `sft` step, the global partition vs np.partition and vs a naive pure-Python sort, forgetune's `sft` tokens/s
+vs TRL's SFTTrainer, and a forget-npo step inside TRL (ForgetSFTTrainer) vs SFTTrainer's (needs `pip install trl`).
 """
 
 from __future__ import annotations
@@ -308,25 +308,52 @@ def bench_trl(quick: bool) -> None:
         fit(model, tokenizer, make_features(examples), build(cfg), cfg, Path(tempfile.mkdtemp()), key="bench")
         return time.perf_counter() - started
 
-    def theirs() -> float:
+    def trl_args() -> trl.SFTConfig:
+        return trl.SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none",
+                             save_strategy="no", logging_steps=steps, use_cpu=not torch.cuda.is_available(),
+                             bf16=False, completion_only_loss=True, max_length=512, disable_tqdm=True, **common)
+
+    def scored_rows() -> Dataset:
+        """TRL's tokens with a forget-npo partition's columns: 30 % of the completion tokens negative (random)."""
+        from forgetune.integrations.trl import trl_tokenize
+
+        generator = np.random.default_rng(1)
+
+        def columns(row):
+            trained = np.asarray(row["labels"]) != -100
+            polarity = np.where(generator.random(trained.size) < 0.3, -1, 1) * trained
+            return {"polarity": polarity.tolist(), "base_ce": (2.0 * trained).tolist()}
+
+        return trl_tokenize(Dataset.from_list(rows), tokenizer, trl_args()).map(columns)
+
+    def theirs(objective: str | None = None) -> float:
         from transformers import AutoModelForCausalLM
+
+        from forgetune.integrations.trl import ForgetSFTTrainer
 
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(task_type="CAUSAL_LM",
                                                                                            **lora))
-        args = trl.SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to="none",
-                             save_strategy="no", logging_steps=steps, use_cpu=not torch.cuda.is_available(),
-                             completion_only_loss=True, max_length=512, disable_tqdm=True, **common)
-        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                 processing_class=tokenizer)
+        if objective is None:
+            trainer = trl.SFTTrainer(model=model, args=trl_args(), train_dataset=Dataset.from_list(rows),
+                                     processing_class=tokenizer)
+        else:
+            trainer = ForgetSFTTrainer(model=model, args=trl_args(), train_dataset=scored, processing_class=tokenizer,
+                                       objective=objective)
         started = time.perf_counter()
         trainer.train()
         return time.perf_counter() - started
 
+    scored = scored_rows()
     t_ours, t_trl = min(ours(), ours()), min(theirs(), theirs())
     ratio = t_trl / t_ours  # tokens/s ratio: same tokens, so the inverse time ratio
     report("sft_tokens_per_s_vs_trl", ratio, ">=1.0", ratio >= 1.0,
            f"LoRA r16 all-linear, {steps} steps x batch {batch}, {tokens} tokens: ours {tokens / t_ours:.0f} tok/s, "
            f"TRL {trl.__version__} SFTTrainer {tokens / t_trl:.0f} tok/s")
+    t_forget = min(theirs("forget-npo"), theirs("forget-npo"))
+    ratio = t_trl / t_forget
+    report("forget_in_trl_tokens_per_s_vs_sft", ratio, ">=0.9", ratio >= 0.9,
+           f"ForgetSFTTrainer forget-npo {tokens / t_forget:.0f} tok/s vs SFTTrainer {tokens / t_trl:.0f} tok/s, "
+           "same rows, LoRA and steps")
 
 
 def main() -> None:

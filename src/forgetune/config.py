@@ -45,6 +45,10 @@ class ModelConfig:
     lora_target_modules: str = option("all-linear", "Comma-separated module names, or 'all-linear'.")
     merge_lora: bool = option(True, "Merge LoRA weights into the saved model (else save the adapter only).")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
+    trust_remote_code: bool = option(False, "Run the model's own code from its repository (transformers' "
+                                            "trust_remote_code): only for a model whose code you trust.")
+    attn_implementation: str | None = option(None, "Attention kernel: eager, sdpa, flash_attention_2, ... "
+                                                   "(transformers' attn_implementation; default: its own choice).")
 
     def validate(self) -> None:
         if self.lora_r < 1:

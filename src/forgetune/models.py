@@ -1,10 +1,11 @@
-"""Load local causal LMs (never from a hub), the embedded SmolLM2 default, LoRA, and HF-format saving."""
+"""Load causal LMs (a local dir or a Hub id), the embedded SmolLM2 default, LoRA, and HF-format saving."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -107,9 +108,15 @@ def model_fingerprint(path: Path) -> str:
     return hash_obj(str(path.resolve()), [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files])
 
 
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+def load_options(cfg: ModelConfig) -> dict[str, Any]:
+    """The model section's loading settings, as load_model / load_for_inference take them."""
+    return {"dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code,
+            "attn_implementation": cfg.attn_implementation}
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ForgetuneError(
             f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]}); the model folder needs the tokenizer files "
@@ -130,14 +137,18 @@ def device() -> torch.device:
     return process_state().device
 
 
-def load_model(path: Path, dtype: str = "float32") -> PreTrainedModel:
+def load_model(path: Path, dtype: str = "float32", *, trust_remote_code: bool = False,
+               attn_implementation: str | None = None) -> PreTrainedModel:
     """A local causal LM on this process's device (scoring and generation run where training would)."""
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        AutoConfig.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # broken or mismatched weights
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype),
+                                                     trust_remote_code=trust_remote_code, **extra)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, SafetensorError) as e:  # broken weights, ...
         reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ForgetuneError(f"{path}: cannot load a causal language model ({reason})") from None
+        hint = "; pass --trust-remote-code if you trust its code" if "trust_remote_code" in str(e) else ""
+        raise ForgetuneError(f"{path}: cannot load a causal language model ({reason}){hint}") from None
     return model.to(device())
 
 
@@ -145,7 +156,7 @@ def load_trainable(path: Path, cfg: ModelConfig) -> PreTrainedModel:
     """The model to fine-tune: full weights, or LoRA adapters on a frozen copy."""
     if cfg.dtype == "float16":
         raise ForgetuneError("training in float16 has no loss scaling here: use --dtype bfloat16 or float32")
-    model = load_model(path, cfg.dtype)
+    model = load_model(path, **load_options(cfg))
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -185,15 +196,19 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targe
         tokenizer.save_pretrained(tmp)
 
 
-def load_for_inference(path: Path, dtype: str = "float32", base: Path | None = None) -> PreTrainedModel:
+def load_for_inference(path: Path, dtype: str = "float32", base: Path | None = None, **loading: Any
+                       ) -> PreTrainedModel:
     """A saved run model: full dir, or adapter dir on `base`, else on the base path in its adapter_config.json
-    (`base`: the run's own model path, which stays right when the recorded one was relative or has moved)."""
+    (`base`: the run's own model path, which stays right when the recorded one was relative or has moved).
+    `loading`: load_model's trust_remote_code and attn_implementation."""
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         if base is not None:
             from peft import PeftModel
 
-            return PeftModel.from_pretrained(load_model(base, dtype), path).merge_and_unload()
+            return PeftModel.from_pretrained(load_model(base, dtype, **loading), path).merge_and_unload()
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).merge_and_unload().to(device())
-    return load_model(path, dtype)
+        extra = {k: v for k, v in loading.items() if v}
+        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **extra
+                                                        ).merge_and_unload().to(device())
+    return load_model(path, dtype, **loading)

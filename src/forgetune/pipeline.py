@@ -42,6 +42,7 @@ from forgetune.io import (
 from forgetune.models import (
     load_for_inference,
     load_model,
+    load_options,
     load_tokenizer,
     load_trainable,
     model_fingerprint,
@@ -136,7 +137,7 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
     if run_dir.exists() and not run_dir.is_dir():
         raise ForgetuneError(f"{run_dir}: exists and is not a directory; pass a new or existing run folder to --output")
     model_path = resolve_model_path(cfg.model.model)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     d = cfg.data
     examples, counts = load_examples(corpus, tokenizer, d.format, d.max_length, d.system_prompt)
     data_key = hash_obj("data", fingerprint_path(corpus), dataclasses.asdict(d), model_fingerprint(model_path))
@@ -316,13 +317,13 @@ def score(run: Run) -> dict[str, Any]:
                 return np.zeros(n_tokens, dtype=np.float32)
             return np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n_tokens,))
 
-        base = load_model(run.model_path, cfg.model.dtype)
+        base = load_model(run.model_path, **load_options(cfg.model))
         ce_base = token_ce(base, run.examples, pad, cfg.score.score_batch_size, out=array("ce_base"),
                            desc="scoring base")
         del base
         ce_ref = array("ce_ref")
         for k, part in enumerate(plan):
-            ref = load_for_inference(reference_model_dir(run, k), cfg.model.dtype, base=run.model_path)
+            ref = load_for_inference(reference_model_dir(run, k), base=run.model_path, **load_options(cfg.model))
             token_ce(ref, run.examples, pad, cfg.score.score_batch_size, indices=part["score"], out=ce_ref,
                      desc=f"scoring reference {k + 1}/{len(plan)}")
             del ref
@@ -526,7 +527,7 @@ def generate(run: Run, model_dir: Path | None = None) -> list[dict[str, Any]]:
     if g.compare_base:
         models = {"base": run.model_path, **models}
     for column, path in models.items():
-        model = load_for_inference(path, run.cfg.model.dtype)
+        model = load_for_inference(path, **load_options(run.cfg.model))
         for row, answer in zip(rows, generate_answers(model, run.tokenizer, prompts, g.max_new_tokens), strict=True):
             row[column] = answer
         del model

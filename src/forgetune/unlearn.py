@@ -51,6 +51,7 @@ from forgetune.io import (
 )
 from forgetune.models import (
     load_model,
+    load_options,
     load_tokenizer,
     load_trainable,
     model_fingerprint,
@@ -234,7 +235,7 @@ def forget_token_weights(cfg: RunConfig, examples: list[Example], own_ce: np.nda
     u = cfg.unlearn
     if u.tokens == "all":
         return np.ones_like(own_ce)
-    reference = load_model(resolve_model_path(u.token_reference), cfg.model.dtype)
+    reference = load_model(resolve_model_path(u.token_reference), **load_options(cfg.model))
     ref_ce = token_ce(reference, examples, pad_id, desc="scoring forget tokens (reference)")
     del reference
     return partition_tokens(ref_ce - own_ce, u.token_fraction).astype(np.float32)
@@ -254,7 +255,7 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
         return read_json(stage_dir / DONE_MARKER)
     started = time.time()
     state = process_state()
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
 
     def load(path: str | None) -> list[Example] | None:
         return load_examples(path, tokenizer, d.format, d.max_length, d.system_prompt)[0] if path else None

@@ -109,7 +109,8 @@ def score_dataset(dataset: Dataset, model: str, *, processing_class=None, args: 
         raise ForgetuneError("score_dataset: the dataset is empty")
     model_path = resolve_model_path(model)
     cfg = resolve(flags={"model": model, **settings})
-    tokenizer = processing_class if processing_class is not None else load_tokenizer(model_path)
+    tokenizer = processing_class if processing_class is not None else load_tokenizer(model_path,
+                                                                                      cfg.model.trust_remote_code)
     if tokenizer.pad_token is None:  # as SFTTrainer does: scoring pads its batches
         tokenizer.pad_token = tokenizer.eos_token
     prepared = trl_tokenize(dataset, tokenizer, args)
