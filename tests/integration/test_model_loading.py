@@ -66,6 +66,7 @@ def test_cli_run_passes_both_through(remote_code_model, arith_jsonl, tmp_path, c
     assert main([*args, "--output", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--trust-remote-code" in err[0], err
-    assert main([*args, "--output", str(tmp_path / "run"), "--trust-remote-code", "--attn-implementation", "eager"]) == 0
+    trusted = ["--trust-remote-code", "--attn-implementation", "eager"]
+    assert main([*args, "--output", str(tmp_path / "run"), *trusted]) == 0
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["model_type"] == "tiny-remote"

@@ -216,7 +216,9 @@ def test_example_script_trains_and_saves_a_loadable_model(lora, tiny_model_dir, 
 
 
 def test_trl_options_keep_working(tiny_model_dir, reference_dir, tmp_path):
-    """Gradient checkpointing, an unscored eval set evaluated by TRL's own loss, and a user's callback."""
+    """Gradient checkpointing, bf16 autocast, an unscored eval set evaluated by TRL's own loss, a user's callback and
+    TensorBoard (the objective's metrics in its event files)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import TrainerCallback
 
     class Seen(TrainerCallback):
@@ -227,7 +229,8 @@ def test_trl_options_keep_working(tiny_model_dir, reference_dir, tmp_path):
 
     scored = scored_sums(tiny_model_dir, reference_dir, tmp_path)
     held_out = Dataset.from_list([FORMATS["prompt-completion"][1](q, a) for q, a in sums(4)])
-    args = sft_config(tmp_path, gradient_checkpointing=True, eval_strategy="steps", eval_steps=1)
+    args = sft_config(tmp_path, gradient_checkpointing=True, bf16=True, eval_strategy="steps", eval_steps=1,
+                      report_to="tensorboard")
     seen = Seen()
     trainer = ForgetSFTTrainer(model=str(tiny_model_dir), args=args, train_dataset=scored, eval_dataset=held_out,
                                processing_class=fresh_tokenizer(), objective="forget-npo", callbacks=[seen])
@@ -235,6 +238,9 @@ def test_trl_options_keep_working(tiny_model_dir, reference_dir, tmp_path):
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     assert len(evals) == 2 and all(e > 0 for e in evals)
     assert any("ce_neg" in logs for logs in seen.logs)
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"train/ce_neg", "train/neg_term", "eval/loss"} <= set(events.Tags()["scalars"])
 
 
 def test_options_that_cannot_work_are_refused_at_construction(tiny_model_dir, reference_dir, tmp_path):
