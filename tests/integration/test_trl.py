@@ -266,3 +266,28 @@ def test_readme_shows_the_scripts_real_diff():
     added = [line for line in difflib.unified_diff(*code, lineterm="")
              if line.startswith("+") and not line.startswith("+++") and line[1:].strip()]
     assert 0 < len(added) <= 10, added
+
+
+def test_gradient_accumulation_equals_the_bigger_batch(tiny_model_dir, reference_dir, tmp_path):
+    """batch 4 x 2 accumulation steps gives the gradient of batch 8: the objective divides by the whole step's
+    counts (a loss exact under accumulation), as TRL's own loss divides by the step's token count."""
+    from transformers import TrainerCallback
+
+    class FirstGradient(TrainerCallback):
+        def __init__(self):
+            self.grad = None
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if self.grad is None:
+                self.grad = model.get_input_embeddings().weight.grad.detach().clone()
+
+    scored = scored_sums(tiny_model_dir, reference_dir, tmp_path).select(range(8))
+    grads = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        seen = FirstGradient()
+        args = sft_config(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                          max_steps=1, max_grad_norm=1e9)  # unclipped: clipping would hide a factor
+        ForgetSFTTrainer(model=str(tiny_model_dir), args=args, train_dataset=scored, processing_class=fresh_tokenizer(),
+                         objective="forget-npo", callbacks=[seen]).train()
+        grads.append(seen.grad)
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
