@@ -200,6 +200,12 @@ class TrainConfig:
         "CE of their response tokens, in log_history.json, the trackers and the report."
     )
     eval_steps: int = option(0, "With eval_data: evaluate every N optimiser steps (0: every logging_steps).")
+    eval_answers: str | None = option(
+        None, "With eval_data: also answer its prompts greedily at every evaluation and log eval_exact_match, the "
+        "answers compared this way: last-number, after-####, first-line, exact or contains (as `forgetune eval "
+        "--extract`). Off by default: generation costs far more than the eval loss."
+    )
+    eval_max_new_tokens: int = option(64, "With eval_answers: tokens generated per answer.")
     load_best_model_at_end: bool = option(
         False, "With eval_data: save the checkpoint with the lowest eval_loss as model/ (checkpoints are kept at every "
         "evaluation, save_total_limit of them)."
@@ -236,6 +242,12 @@ class TrainConfig:
         if self.eval_steps < 0 or self.save_total_limit < 1:
             raise ForgetuneError(f"eval_steps must be >= 0 and save_total_limit >= 1, got {self.eval_steps} and "
                                  f"{self.save_total_limit}")
+        if self.eval_answers is not None:
+            from forgetune.metrics.accuracy import MODES
+
+            _one_of("eval_answers", self.eval_answers, MODES)
+            if not self.eval_data:
+                raise ForgetuneError("eval_answers needs eval_data: pass --eval-data FILE of held-out records")
         if self.load_best_model_at_end and not self.eval_data:
             raise ForgetuneError("load_best_model_at_end needs eval_data: pass --eval-data FILE of held-out records")
         from transformers import SchedulerType

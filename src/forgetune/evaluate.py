@@ -19,7 +19,7 @@ import torch
 
 from forgetune.config import option
 from forgetune.data.collator import response_positions
-from forgetune.data.formats import Record, load_records, tokenize_records
+from forgetune.data.formats import load_records, tokenize_records
 from forgetune.errors import ForgetuneError
 from forgetune.generation import generate_answers
 from forgetune.io import write_json
@@ -59,14 +59,6 @@ class EvalConfig:
     )
     lm_eval_include: str | None = option(None, "Folder of extra lm-eval task YAMLs (searched for --lm-eval-tasks).")
     lm_eval_limit: int | None = option(None, "Run at most this many documents per lm-eval task (quick checks).")
-
-
-def _split(record: Record) -> tuple[list[dict[str, str]], str]:
-    """(prompt conversation, reference answer) of a record: everything before its last assistant turn."""
-    last = max((i for i, m in enumerate(record.messages) if m["role"] == "assistant"), default=None)
-    if last is None:
-        raise ForgetuneError(f"{record.where}: no assistant answer to compare with")
-    return record.messages[:last], record.messages[last]["content"]
 
 
 def choose_extract(references: list[str]) -> tuple[str, str]:
@@ -156,7 +148,7 @@ def data_metrics(model_dir: Path, run_dir: Path | None, cfg: EvalConfig) -> dict
     tokenizer = load_tokenizer(model_dir)
     model = load_for_inference(model_dir)
     records = load_records(cfg.data)
-    prompts, refs = zip(*(_split(r) for r in records), strict=True)
+    prompts, refs = zip(*(r.prompt_and_answer() for r in records), strict=True)
     if cfg.extract == "auto":
         mode, why = choose_extract(list(refs))
         log.info("eval: --extract auto chose %s (%s)", mode, why)

@@ -53,7 +53,7 @@ from forgetune.processes import process_state
 from forgetune.rundir import RECORDED_STAGES, STAGES, RunDir
 from forgetune.scoring.partition import IGNORED, NEGATIVE, POSITIVE, example_polarity, partition_polarity
 from forgetune.scoring.scorer import example_offsets, token_ce
-from forgetune.trainer import fit
+from forgetune.trainer import AnswerCheck, fit
 
 log = logging.getLogger(__name__)
 
@@ -467,6 +467,16 @@ def eval_features(run: Run, path: str | None) -> list[dict[str, Any]] | None:
     return make_features(load_examples(path, run.tokenizer, d.format, d.max_length, d.system_prompt)[0])
 
 
+def answer_check(run: Run) -> AnswerCheck | None:
+    """--eval-answers: the held-out records' prompts and reference answers, answered at every evaluation."""
+    t, d = run.cfg.train, run.cfg.data
+    if not t.eval_answers:
+        return None
+    prompts, references = zip(*(r.prompt_and_answer() for r in load_records(t.eval_data, d.format, d.system_prompt)),
+                              strict=True)
+    return AnswerCheck(list(prompts), list(references), t.eval_answers, t.eval_max_new_tokens)
+
+
 def train(run: Run) -> dict[str, Any]:
     """Fine-tune from the base with the configured objective; save an HF model dir at RUN/model."""
     key = run.train_key()
@@ -487,7 +497,7 @@ def train(run: Run) -> dict[str, Any]:
     stage_dir.mkdir(parents=True, exist_ok=True)
     model = load_trainable(run.model_path, cfg.model)
     model, history, weights = fit(model, run.tokenizer, features, objective, cfg.train, stage_dir, key=key,
-                                  eval_features=eval_features(run, cfg.train.eval_data))
+                                  eval_features=eval_features(run, cfg.train.eval_data), answers=answer_check(run))
     if process_state().is_main_process:  # under `accelerate launch`: the main process saves and records
         save_model(model, run.tokenizer, run.layout.model, cfg.model.merge_lora, weights)
         write_json(run.layout.log_history("train"), history)
@@ -497,6 +507,9 @@ def train(run: Run) -> dict[str, Any]:
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     if evals:
         final.update(eval_loss=evals[-1], best_eval_loss=min(evals))
+    matches = [h["eval_exact_match"] for h in history if "eval_exact_match" in h]
+    if matches:
+        final.update(eval_exact_match=matches[-1])
     end = next((h for h in history if "train_runtime" in h), {})  # Trainer's closing record: the real step count
     return _finish(run, "train", key, started, objective=objective.name, steps=end.get("step"),
                    train_runtime=end.get("train_runtime"), **final)

@@ -10,6 +10,7 @@ import logging
 import math
 import shutil
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,30 @@ class ObjectiveLossMixin:
         super().log(logs, start_time)
 
 
+@dataclass
+class AnswerCheck:
+    """Held-out prompts answered greedily at every evaluation (--eval-answers): eval_exact_match."""
+
+    prompts: list[list[dict[str, str]]]
+    references: list[str]
+    mode: str
+    max_new_tokens: int = 64
+
+    def exact_match(self, model, tokenizer) -> float:
+        from forgetune.generation import generate_answers
+        from forgetune.metrics.accuracy import exact_match
+
+        return exact_match(generate_answers(model, tokenizer, self.prompts, self.max_new_tokens), self.references,
+                           self.mode)
+
+
 class ObjectiveTrainer(ObjectiveLossMixin, Trainer):
-    """forgetune's trainer: its features and collator carry the per-token labels (`forgetune.data.collator`)."""
+    """forgetune's trainer: its features and collator carry the per-token labels (`forgetune.data.collator`).
+    `answers`: held-out prompts answered at every evaluation, their exact match logged beside eval_loss."""
+
+    def __init__(self, *args: Any, answers: AnswerCheck | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.answers = answers
 
     def _get_train_sampler(self, train_dataset=None):
         """transformers' length-grouped sampler, told each example's length (unlearning's items hold a forget row and
@@ -193,6 +216,13 @@ class ObjectiveTrainer(ObjectiveLossMixin, Trainer):
         else:
             ce, outputs = training_response_token_ce(model, inputs, self.accelerator.unwrap_model(model))
         return ce, flat_token_batch(inputs), outputs
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """An evaluation's record gets eval_exact_match too: every process answers every prompt with its own copy of
+        the weights (the same greedy answers), so no process waits on another."""
+        if self.answers is not None and "eval_loss" in logs:
+            logs["eval_exact_match"] = self.answers.exact_match(self.model, self.processing_class)
+        super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -217,12 +247,14 @@ def fit(
     collator: Any = None,
     callbacks: list[Any] | None = None,
     eval_features: Any = None,
+    answers: AnswerCheck | None = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]], dict[str, torch.Tensor] | None]:
     """Train in place: (model, log history, full weights when training was sharded, else None). Checkpoints go to
     work_dir/checkpoints and are resumed from only if they were written under the same stage key (same data and
     config); stale ones are deleted. `collator`, `callbacks`: for batches of other rows
     (unlearning's forget + retain rows). `eval_features`: held-out rows scored every eval_steps (eval_loss: their
-    mean response CE); with load_best_model_at_end the best checkpoint's weights come back."""
+    mean response CE); with load_best_model_at_end the best checkpoint's weights come back. `answers`: their prompts,
+    answered at each evaluation too (eval_exact_match)."""
     ckpt_dir = work_dir / "checkpoints"
     key_file = ckpt_dir / "stage_key"
     state = process_state()
@@ -294,6 +326,7 @@ def fit(
         processing_class=tokenizer,
         objective=objective,
         max_negative_term=cfg.max_negative_term,
+        answers=answers,
     )
     if args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines either

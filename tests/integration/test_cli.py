@@ -727,3 +727,38 @@ def test_group_by_length_batches_similar_lengths_and_runs(tiny_model_dir, tmp_pa
     assert run_cli("run", *base_args(tiny_model_dir, data, out, "--objective", "sft", "--group-by-length")) == 0
     assert run_cli("unlearn", "--model", tiny_model_dir, "--forget", data, "--retain", data, "--output",
                    tmp_path / "unl", "--max-steps", "2", "--group-by-length", "--quiet") == 0
+
+
+def test_eval_answers_logs_the_exact_match_of_the_models_own_answers(tokenizer, arith_jsonl, tmp_path):
+    """--eval-answers: at every evaluation the held-out prompts are answered greedily and eval_exact_match logged.
+    Learning rate 0 keeps the base model, so references set to the base's own answers for half the prompts (and to
+    something it never says for the others) must give exactly 0.5 at every step."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from forgetune.bench.data.arith import held_out
+    from forgetune.generation import generate_answers
+
+    # a random Llama whose greedy answers differ from prompt to prompt (the fixture's small init answers "" to all)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    model_dir = tmp_path / "model-under-test"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rows = held_out(12, seed=3, train=[])
+    answers = generate_answers(model, tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in rows], 8)
+    kept = list(dict(zip(answers, rows, strict=True)).items())[:6]  # six prompts with six different answers
+    assert len(kept) == 6 and all(a.strip() for a, _ in kept)
+    kept = [(r, a) for a, r in kept]
+    held = write_jsonl(tmp_path / "held.jsonl", [
+        {"prompt": r["prompt"], "completion": a if i < 3 else "never said"} for i, (r, a) in enumerate(kept)])
+    out = tmp_path / "run"
+    flags = ["--objective", "sft", "--max-steps", "2", "--eval-data", str(held), "--eval-steps", "1",
+             "--eval-answers", "exact", "--eval-max-new-tokens", "8", "--learning-rate", "0"]
+    assert run_cli("run", *base_args(model_dir, arith_jsonl, out, *flags)) == 0
+    history = json.loads((out / "train" / "log_history.json").read_text())
+    matches = {h["step"]: h["eval_exact_match"] for h in history if "eval_exact_match" in h}
+    assert matches == {1: 0.5, 2: 0.5}
+    assert json.loads((out / "summary.json").read_text())["stages"]["train"]["eval_exact_match"] == 0.5
+    assert run_cli("run", *base_args(model_dir, arith_jsonl, out, "--eval-answers", "exact")) == 2

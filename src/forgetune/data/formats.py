@@ -37,6 +37,13 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
     plain_text: bool = False  # tokenised without a chat template, a loss on every token
 
+    def prompt_and_answer(self) -> tuple[list[dict[str, str]], str]:
+        """(prompt conversation, reference answer): everything before the last assistant turn, and that turn."""
+        last = max((i for i, m in enumerate(self.messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise ForgetuneError(f"{self.where}: no assistant answer to compare with")
+        return self.messages[:last], self.messages[last]["content"]
+
 
 @dataclass
 class Example:
