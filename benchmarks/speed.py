@@ -169,27 +169,38 @@ def bench_scoring(quick: bool) -> None:
            f"raw forward {tokens / t_raw:.0f} tok/s")
 
 
+# Peak RSS inside a measuring child process: its own memory image's high-water mark (VmHWM). ru_maxrss would not do:
+# a child started by vfork + exec inherits the parent's peak through exec (the kernel records the old image's).
+PEAK_RSS = """
+def peak_rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+"""
+
+
 def _scoring_rss(n: int) -> tuple[int, int]:
     """(peak RSS in kB once n synthetic examples are built, peak RSS after scoring them into a memory-mapped array) of
     a fresh process. The model is a 32-wide Llama with a 512-token vocabulary: memory growth with the corpus size does
     not depend on the model, and 10^5 examples score in about a minute on 2 cores."""
     code = f"""
-import json, resource, sys, tempfile
+import json, sys, tempfile
 import numpy as np, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from speed import synthetic_examples
 from forgetune.scoring.scorer import example_offsets, token_ce
+{PEAK_RSS}
 torch.manual_seed(0)
 model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2)).eval()
 examples = synthetic_examples({n}, 512)
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = peak_rss()
 with tempfile.TemporaryDirectory() as d:
     out = np.lib.format.open_memmap(d + "/ce.npy", mode="w+", dtype=np.float32,
                                     shape=(int(example_offsets(examples)[-1]),))
     token_ce(model, examples, 0, 64, out=out, desc="")
-print(json.dumps([loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))
+print(json.dumps([loaded, peak_rss()]))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded, peak = json.loads(done.stdout.strip().splitlines()[-1])
@@ -203,8 +214,8 @@ def bench_scoring_memory(quick: bool) -> None:
     (loaded_small, peak_small), (loaded_large, peak_large) = _scoring_rss(small), _scoring_rss(large)
     ratio = peak_large / peak_small
     report(f"scoring_peak_rss_{large:.0e}_vs_{small:.0e}", ratio, "<=1.1", ratio <= 1.1,
-           f"{small} examples {peak_small / 1024:.0f} MB, {large} examples {peak_large / 1024:.0f} MB, of which the "
-           f"tokenised corpus held as Python lists {loaded_small / 1024:.0f} / {loaded_large / 1024:.0f} MB")
+           f"{small} examples {peak_small / 1024:.0f} MB, {large} examples {peak_large / 1024:.0f} MB; before scoring "
+           f"(imports, model, the examples as Python lists) {loaded_small / 1024:.0f} / {loaded_large / 1024:.0f} MB")
     own_small, own_large = peak_small - loaded_small, peak_large - loaded_large
     print(f"scoring_own_rss_{large:.0e}_vs_{small:.0e} ratio={own_large / max(own_small, 1):.2f} target=report ok  "
           f"(scoring's peak over the loaded corpus: {own_small / 1024:.0f} MB vs {own_large / 1024:.0f} MB; scores "
@@ -215,9 +226,10 @@ def _training_rss(chunked: bool, tokens: int) -> int:
     """Peak RSS (kB) of a fresh process that runs one training forward and backward of a 128k-vocabulary, 64-wide
     Llama on `tokens` response tokens: the head a chunk at a time (forgetune's training path), or the full logits."""
     code = f"""
-import json, resource, torch
+import json, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from forgetune.scoring.token_logps import response_token_ce, training_response_token_ce
+{PEAK_RSS}
 torch.manual_seed(0)
 model = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings={tokens}))
@@ -228,7 +240,7 @@ if {chunked}:
 else:
     ce = response_token_ce(model(input_ids=ids, attention_mask=batch["attention_mask"]).logits, batch["labels"])
 ce.mean().backward()
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+print(json.dumps(peak_rss()))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1])
