@@ -126,12 +126,14 @@ def score_dataset(dataset: Dataset, model: str, *, processing_class=None, args: 
     run = Run(cfg, run_dir, model_path, tokenizer, examples, counts, data_key)
     for stage in (reference, score, partition):
         stage(run)
-    return with_token_columns(prepared, examples, load_polarity(run), np.asarray(load_scores(run, "ce_base")))
+    return with_token_columns(prepared, examples, load_polarity(run), np.asarray(load_scores(run, "ce_base")),
+                              fingerprint=run.partition_key())
 
 
-def with_token_columns(prepared: Dataset, examples: Sequence[Example], polarity: np.ndarray,
-                       base_ce: np.ndarray) -> Dataset:
-    """The prepared dataset with the flat per-token arrays (corpus order) spread onto each row's positions."""
+def with_token_columns(prepared: Dataset, examples: Sequence[Example], polarity: np.ndarray, base_ce: np.ndarray,
+                       fingerprint: str | None = None) -> Dataset:
+    """The prepared dataset with the flat per-token arrays (corpus order) spread onto each row's positions.
+    `fingerprint`: the dataset's new cache fingerprint (else `datasets` hashes the arrays themselves)."""
     offsets = example_offsets(examples)
 
     def add(_row: dict[str, Any], i: int) -> dict[str, list]:
@@ -139,7 +141,7 @@ def with_token_columns(prepared: Dataset, examples: Sequence[Example], polarity:
         return {"polarity": spread(polarity[lo:hi].astype(np.int8), labels, 0),
                 "base_ce": spread(base_ce[lo:hi].astype(np.float32), labels, 0.0)}
 
-    return prepared.map(add, with_indices=True, desc="Adding polarity and base CE")
+    return prepared.map(add, with_indices=True, desc="Adding polarity and base CE", new_fingerprint=fingerprint)
 
 
 @dataclasses.dataclass
@@ -251,7 +253,7 @@ class ForgetSFTTrainer(ObjectiveLossMixin, SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, *TOKEN_COLUMNS]
+        self._signature_columns += [c for c in TOKEN_COLUMNS if c not in self._signature_columns]
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         """A scored dataset is tokenised already: TRL's truncation and packing, applied to the per-token columns
