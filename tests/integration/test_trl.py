@@ -132,7 +132,7 @@ def test_loss_equals_forgetune_trainers(objective, tiny_model_dir, reference_dir
     model = trainer.model.train()
     ours = trainer.compute_loss(model, trainer.data_collator(rows))
     theirs = forgetune_loss(model, rows, build(TrainConfig(objective=objective)))
-    assert abs(float(ours) - float(theirs)) < 1e-6
+    assert abs(ours.item() - theirs.item()) < 1e-6
 
 
 def test_objective_sft_is_trls_own_loss(tiny_model_dir, reference_dir, tmp_path):
@@ -144,7 +144,7 @@ def test_objective_sft_is_trls_own_loss(tiny_model_dir, reference_dir, tmp_path)
     rows = [scored[i] for i in range(6)]
     ours = forget.compute_loss(forget.model.train(), forget.data_collator(rows))
     batch = plain.data_collator([{k: v for k, v in row.items() if k not in ("polarity", "base_ce")} for row in rows])
-    assert abs(float(ours) - float(plain.compute_loss(plain.model.train(), batch))) < 1e-6
+    assert abs(ours.item() - plain.compute_loss(plain.model.train(), batch).item()) < 1e-6
 
 
 def test_padding_free_batch_gives_the_padded_loss(tiny_model_dir, reference_dir, tmp_path):
@@ -157,7 +157,7 @@ def test_padding_free_batch_gives_the_padded_loss(tiny_model_dir, reference_dir,
         batch = trainer.data_collator([scored[i] for i in range(4)])
         assert batch["polarity"].shape == batch["input_ids"].shape
         assert batch["input_ids"].shape[0] == (1 if padding_free else 4)
-        losses.append(float(trainer.compute_loss(trainer.model.train(), batch)))
+        losses.append(trainer.compute_loss(trainer.model.train(), batch).item())
     assert abs(losses[0] - losses[1]) < 1e-5
 
 
@@ -238,6 +238,11 @@ def test_trl_options_keep_working(tiny_model_dir, reference_dir, tmp_path):
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     assert len(evals) == 2 and all(e > 0 for e in evals)
     assert any("ce_neg" in logs for logs in seen.logs)
+    train_logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(0 <= h["mean_token_accuracy"] <= 1 and h["entropy"] > 0 for h in train_logs)  # TRL's own metrics too
+    lengths = sorted(len(row) for row in scored["input_ids"])
+    assert sum(lengths[:8]) <= train_logs[-1]["num_tokens"] <= sum(lengths[-8:])  # the 8 rows of 2 steps of 4
+    assert train_logs[0]["num_tokens"] < train_logs[-1]["num_tokens"]
     events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents.*")).parent))
     events.Reload()
     assert {"train/ce_neg", "train/neg_term", "eval/loss"} <= set(events.Tags()["scalars"])

@@ -294,7 +294,23 @@ class ForgetSFTTrainer(ObjectiveLossMixin, SFTTrainer):
             inputs = {k: v for k, v in inputs.items() if k not in TOKEN_COLUMNS}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = self.objective_loss(model, inputs)
+        self.record_trl_metrics(outputs, inputs)
         return (loss, outputs) if return_outputs else loss
+
+    def record_trl_metrics(self, outputs, inputs) -> None:
+        """What SFTTrainer logs of a training step, from the same fused-head outputs: entropy, mean token accuracy and
+        the running count of tokens seen, so a TRL user's dashboards keep their curves."""
+        gather = self.accelerator.gather_for_metrics
+        valid = gather(outputs.label_mask.sum()).sum()
+        metrics = self._metrics["train"]
+        for name, values in (("entropy", outputs.entropy), ("mean_token_accuracy", outputs.is_top1)):
+            if values is not None:
+                total = gather(values.detach().sum()).sum()
+                metrics[name].append((total / valid).item() if valid > 0 else 0.0)
+        tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["input_ids"].new_tensor(
+            inputs["input_ids"].shape[1])
+        self._total_train_tokens += gather(tokens).sum().item()
+        metrics["num_tokens"] = [self._total_train_tokens]
 
 
 __all__ = ["ForgetArguments", "ForgetCollator", "ForgetSFTTrainer", "score_dataset", "trl_tokenize"]
