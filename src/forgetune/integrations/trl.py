@@ -34,6 +34,7 @@ from forgetune.io import cache_dir, hash_obj, write_text
 from forgetune.models import load_tokenizer, model_fingerprint, resolve_model_path
 from forgetune.objectives import Objective, TokenBatch
 from forgetune.pipeline import Run, load_polarity, load_scores, partition, reference, score
+from forgetune.processes import process_state
 from forgetune.rundir import RunDir
 from forgetune.scoring.scorer import example_offsets
 from forgetune.trainer import ObjectiveLossMixin, flat_token_batch
@@ -120,8 +121,10 @@ def score_dataset(dataset: Dataset, model: str, *, processing_class=None, args: 
     data_key = hash_obj("trl-data", [(ex.input_ids, ex.labels) for ex in examples], model_fingerprint(model_path))
     run_dir = Path(output_dir) if output_dir is not None else cache_dir() / "scored" / hash_obj(data_key, cfg.to_dict())
     cfg.output = str(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(RunDir(run_dir).config, dump_yaml(cfg))
+    if process_state().is_main_process:  # under `accelerate launch` every process scores; one writes
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(RunDir(run_dir).config, dump_yaml(cfg))
+    process_state().wait_for_everyone()
     counts = {"examples": len(examples), "truncated": 0, "skipped_empty": len(dataset) - len(examples)}
     run = Run(cfg, run_dir, model_path, tokenizer, examples, counts, data_key)
     for stage in (reference, score, partition):
