@@ -14,6 +14,7 @@ LM head (per-token log-probabilities without the full logits) and the columns ab
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,10 @@ def score_dataset(dataset: Dataset, model: str, *, processing_class=None, args: 
     examples = _examples(prepared)
     if not examples or not sum(ex.num_response_tokens for ex in examples):
         raise ForgetuneError("score_dataset: no example has a token to train on after TRL's preparation")
-    data_key = hash_obj("trl-data", [(ex.input_ids, ex.labels) for ex in examples], model_fingerprint(model_path))
+    tokens = hashlib.sha256()
+    for ex in examples:
+        tokens.update(np.asarray([len(ex.input_ids), *ex.input_ids, *ex.labels], dtype=np.int64).tobytes())
+    data_key = hash_obj("trl-data", tokens.hexdigest(), model_fingerprint(model_path))
     run_dir = Path(output_dir) if output_dir is not None else cache_dir() / "scored" / hash_obj(data_key, cfg.to_dict())
     cfg.output = str(run_dir)
     if process_state().is_main_process:  # under `accelerate launch` every process scores; one writes
