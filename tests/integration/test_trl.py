@@ -296,3 +296,24 @@ def test_gradient_accumulation_equals_the_bigger_batch(tiny_model_dir, reference
                          objective="forget-npo", callbacks=[seen]).train()
         grads.append(seen.grad)
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_the_same_call_twice_scores_once_in_forgetunes_cache(tiny_model_dir, reference_dir, tmp_path, monkeypatch):
+    """Without output_dir the run directory is one per content hash under FORGETUNE_CACHE: the second call finds
+    every stage up to date and returns the same columns."""
+    from forgetune.io import DONE_MARKER
+
+    monkeypatch.setenv("FORGETUNE_CACHE", str(tmp_path / "cache"))
+    raw = Dataset.from_list([FORMATS["prompt-completion"][1](q, a) for q, a in sums()])
+
+    def scored() -> Dataset:
+        return score_dataset(raw, str(tiny_model_dir), processing_class=fresh_tokenizer(), args=sft_config(tmp_path),
+                             reference_model=str(reference_dir))
+
+    first = scored()
+    [run_dir] = list((tmp_path / "cache" / "scored").iterdir())
+    marker = run_dir / "score" / DONE_MARKER
+    written = marker.stat().st_mtime_ns
+    second = scored()
+    assert marker.stat().st_mtime_ns == written and (run_dir / "config.yaml").is_file()
+    assert first["polarity"] == second["polarity"] and first["base_ce"] == second["base_ce"]
