@@ -74,15 +74,17 @@ def example_lengths(dataset: Any) -> list[int]:
     return [len(f["input_ids"]) for f in (forget_rows if forget_rows is not None else dataset)]
 
 
-def flat_token_batch(inputs: dict[str, torch.Tensor]) -> TokenBatch:
+def flat_token_batch(inputs: dict[str, torch.Tensor], sequence: torch.Tensor | None = None) -> TokenBatch:
     """A collated batch's per-position fields, flattened to one entry per response token in (row, position) order:
-    the order of `response_token_ce`, so entry i of each field belongs to CE i."""
+    the order of `response_token_ce`, so entry i of each field belongs to CE i. `sequence` (B, T): the example of
+    each position where a row holds several (packed, padding-free); by default each row is one."""
     mask = target_mask(inputs["labels"])
-    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+    if sequence is None:
+        sequence = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
     return TokenBatch(
         polarity=inputs["polarity"][mask] if "polarity" in inputs else None,
         base_ce=inputs["base_ce"][mask] if "base_ce" in inputs else None,
-        seq=rows,
+        seq=sequence[mask],
     )
 
 

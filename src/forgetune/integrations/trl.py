@@ -28,7 +28,7 @@ from trl.data_utils import is_conversational
 
 from forgetune import objectives
 from forgetune.config import RunConfig, apply_overrides, dump_yaml, resolve
-from forgetune.data.collator import spread
+from forgetune.data.collator import TOKEN_FIELDS, make_features
 from forgetune.data.formats import IGNORE_INDEX, Example
 from forgetune.errors import ForgetuneError
 from forgetune.io import cache_dir, hash_obj, write_text
@@ -41,7 +41,7 @@ from forgetune.scoring.scorer import example_offsets
 from forgetune.trainer import ObjectiveLossMixin, flat_token_batch
 
 # The per-token columns and their padding value (0: not a loss token).
-TOKEN_COLUMNS = {"polarity": 0, "base_ce": 0.0}
+TOKEN_COLUMNS = {name: TOKEN_FIELDS[name] for name in ("polarity", "base_ce")}
 
 # SFTConfig fields that decide how TRL tokenises a dataset: scoring reads the user's, so the scores land on the
 # tokens the trainer will see.
@@ -139,14 +139,13 @@ def score_dataset(dataset: Dataset, model: str, *, processing_class=None, args: 
 
 def with_token_columns(prepared: Dataset, examples: Sequence[Example], polarity: np.ndarray, base_ce: np.ndarray,
                        fingerprint: str | None = None) -> Dataset:
-    """The prepared dataset with the flat per-token arrays (corpus order) spread onto each row's positions.
-    `fingerprint`: the dataset's new cache fingerprint (else `datasets` hashes the arrays themselves)."""
-    offsets = example_offsets(examples)
+    """The prepared dataset with the flat per-token arrays (corpus order) spread onto each row's positions, as
+    forgetune's own training features carry them. `fingerprint`: the dataset's new cache fingerprint (else
+    `datasets` hashes the arrays themselves)."""
+    features = make_features(examples, example_offsets(examples), polarity, base_ce)
 
     def add(_row: dict[str, Any], i: int) -> dict[str, list]:
-        lo, hi, labels = int(offsets[i]), int(offsets[i + 1]), examples[i].labels
-        return {"polarity": spread(polarity[lo:hi].astype(np.int8), labels, 0),
-                "base_ce": spread(base_ce[lo:hi].astype(np.float32), labels, 0.0)}
+        return {name: features[i][name] for name in TOKEN_COLUMNS}
 
     return prepared.map(add, with_indices=True, desc="Adding polarity and base CE", new_fingerprint=fingerprint)
 
@@ -220,12 +219,11 @@ def build_objective(objective: str | Objective, settings: dict[str, Any] | None 
     return objectives.build(cfg.train)
 
 
-def sequence_ids(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, T): the example each position belongs to. Padding-free and packed rows hold several, told apart by their
-    position ids restarting at 0; padded rows are one example each."""
+def sequence_ids(inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """(B, T): the example each position belongs to, where padding-free and packed rows hold several (told apart by
+    their position ids restarting at 0); None for padded rows, one example each."""
     if "position_ids" not in inputs:
-        rows = torch.arange(inputs["input_ids"].shape[0], device=inputs["input_ids"].device)
-        return rows[:, None].expand_as(inputs["input_ids"])
+        return None
     starts = inputs["position_ids"] == 0
     return starts.flatten().cumsum(0).view_as(starts) - 1
 
@@ -292,9 +290,7 @@ class ForgetSFTTrainer(ObjectiveLossMixin, SFTTrainer):
         model_inputs = {k: v for k, v in inputs.items() if k not in TOKEN_COLUMNS}
         outputs = model(**model_inputs, use_cache=False, fused_lm_head=True)
         ce = -outputs.log_probs[outputs.label_mask]
-        tokens = flat_token_batch(inputs)
-        tokens.seq = sequence_ids(inputs)[:, 1:][outputs.label_mask]
-        return ce, tokens, outputs
+        return ce, flat_token_batch(inputs, sequence_ids(inputs)), outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:  # evaluation: TRL's own (the held-out completions' mean CE and its metrics)
