@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from forgetune.config import TrainConfig
 from forgetune.objectives import build
 from forgetune.scoring.token_logps import model_response_token_ce, response_token_ce, training_response_token_ce
 from forgetune.trainer import flat_token_batch
@@ -92,7 +91,7 @@ def train_step(model, batch, objective: str, chunked: bool = True) -> None:
     else:
         ce = response_token_ce(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
                                batch["labels"])
-    loss, _ = build(TrainConfig(objective=objective))(ce, flat_token_batch(batch), 0.5)
+    loss, _ = build(objective)(ce, flat_token_batch(batch), 0.5)
     loss.backward()
     model.zero_grad(set_to_none=True)
 

@@ -69,7 +69,6 @@ def bench_step(steps: int) -> None:
     from transformers import AutoTokenizer
 
     from conftest import TOKENIZER_DIR, build_tiny_llama
-    from forgetune.config import TrainConfig
     from forgetune.objectives import TokenBatch, build
     from forgetune.scoring.token_logps import response_token_ce, target_mask
 
@@ -84,7 +83,7 @@ def bench_step(steps: int) -> None:
     def make_step(objective_name: str):
         model = build_tiny_llama(len(tokenizer))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        objective = build(TrainConfig(objective=objective_name))
+        objective = build(objective_name)
 
         def step():
             ce = response_token_ce(model(input_ids=input_ids, attention_mask=attention).logits, labels)
@@ -332,7 +331,7 @@ def bench_trl(quick: bool) -> None:
         model = load_trainable(model_dir, ModelConfig(model=str(model_dir), lora=True, lora_dropout=0.0))
         cfg = TrainConfig(objective="sft", batch_size=batch, save_steps=0, logging_steps=steps, **common)
         started = time.perf_counter()
-        fit(model, tokenizer, make_features(examples), build(cfg), cfg, Path(tempfile.mkdtemp()), key="bench")
+        fit(model, tokenizer, make_features(examples), build("sft"), cfg, Path(tempfile.mkdtemp()), key="bench")
         return time.perf_counter() - started
 
     def trl_args() -> trl.SFTConfig:

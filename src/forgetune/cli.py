@@ -144,20 +144,24 @@ def unknown_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """`argv`: only the invoked one of DATACLASS_COMMANDS gets its flags, so `forgetune --help` imports no torch;
-    `bench unlearn` takes the unlearning benchmark's own flags."""
+    """`argv`: only the invoked command gets its flags (the config's include every registered loss's settings, and
+    the losses import torch), so `forgetune --help` imports no torch; `bench unlearn` takes the unlearning
+    benchmark's own flags."""
     parser = OneLineParser(
         prog="forgetune",
         description="Token-level forgetting for LLM fine-tuning: learn the useful tokens, forget the misleading ones.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     parser.stages = sub
+    invoked = next((a for a in argv if not a.startswith("-")), None)
     for name, help_text in COMMANDS.items():
+        if name != invoked:
+            sub.add_parser(name, help=help_text)
+            continue
         epilog = {"generate": GENERATE_EPILOG, "unlearn": UNLEARN_EPILOG}.get(
             name, STAGE_EPILOG if name in STAGE_SECTIONS else None)
         add_config_flags(sub.add_parser(name, help=help_text, description=help_text, epilog=epilog),
                          STAGE_SECTIONS.get(name, PIPELINE_SECTIONS))
-    invoked = next((a for a in argv if not a.startswith("-")), None)
     for name, (help_text, module, class_name, positional) in DATACLASS_COMMANDS.items():
         if name != invoked:
             sub.add_parser(name, help=help_text)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,8 @@ from typing import Any
 import yaml
 
 from forgetune.errors import ForgetuneError
-
-
-def _one_of(name: str, value: Any, allowed, lead: str | None = None) -> None:
-    if value not in allowed:
-        if lead:
-            raise ForgetuneError(f"{lead} {value!r}; choose one of {', '.join(allowed)}")
-        raise ForgetuneError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
-
-
-def option(default: Any, help: str) -> Any:
-    """A dataclass field with its help text: the same text serves --help and the docs."""
-    return field(default=default, metadata={"help": help})
+from forgetune.settings import FieldInfo, at_least, field_infos, option
+from forgetune.settings import one_of as _one_of
 
 
 @dataclass
@@ -153,27 +142,12 @@ class PartitionConfig:
 @dataclass
 class TrainConfig:
     objective: str = option(
-        "forget-npo", "Training objective: sft, ignore, forget, forget-unlikelihood, forget-npo, forget-constrained."
+        "forget-npo", "Training objective: a registered name (sft, ignore, forget, forget-unlikelihood, forget-npo, "
+        "forget-constrained, loss-truncation, ...); its settings are the flags marked with it."
     )
-    lambda_max: float = option(0.25, "Final weight of the negative term (lambda ramps linearly over the run).")
-    lambda_min: float = option(0.0, "Initial weight of the negative term.")
-    npo_beta: float = option(0.1, "Inverse temperature of the NPO-style negative term.")
-    negative_mean: str = option(
-        "tokens", "Normaliser of the negative term: 'negatives' (mean over the batch's negatives, the paper's) or "
-        "'tokens' (sum over negatives / all scored tokens: each negative weighs lambda times a positive)."
-    )
-    constraint_weight: float = option(
-        1.0, "forget-constrained: starting (and minimum) weight w0 of log(positive CE) in log(F) + w * log(pos. CE)."
-    )
-    constraint_eta: float = option(
-        5.0, "forget-constrained: dual step size; w grows by eta per unit rise of log(positive CE) beyond eps."
-    )
-    constraint_eps: float = option(
-        0.0, "forget-constrained: allowed rise of log(positive CE) per step before w grows (0: none)."
-    )
-    truncation_fraction: float = option(
-        0.1, "loss-truncation: fraction of each batch's response tokens with the highest CE that get no gradient."
-    )
+    objective_args: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "The objective's own settings, as each objective's file declares them (forgetune.objectives): flags and keys "
+        "of this section like any other, e.g. --lambda-max, --npo-beta.")})
     learning_rate: float = option(5e-5, "Peak learning rate (AdamW).")
     lr_scheduler: str = option("linear", "transformers learning-rate schedule name.")
     warmup_ratio: float = option(0.0, "Fraction of steps spent warming up the learning rate.")
@@ -219,17 +193,8 @@ class TrainConfig:
     run_name: str | None = option(None, "Run name the trackers show (default: the stage's folder, e.g. myrun/train).")
 
     def validate(self) -> None:
-        if not 0.0 <= self.truncation_fraction < 1.0:
-            raise ForgetuneError(f"truncation_fraction must be in [0, 1), got {self.truncation_fraction}")
-        for name in ("lambda_max", "lambda_min", "learning_rate", "weight_decay", "max_grad_norm", "constraint_weight",
-                     "constraint_eta", "constraint_eps"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ForgetuneError(f"{name} must be a finite number >= 0, got {value}")
-        if self.lambda_min > self.lambda_max:
-            raise ForgetuneError(f"lambda_min ({self.lambda_min}) must not exceed lambda_max ({self.lambda_max})")
-        if not (math.isfinite(self.npo_beta) and self.npo_beta > 0):
-            raise ForgetuneError(f"npo_beta must be > 0, got {self.npo_beta}")
+        for name in ("learning_rate", "weight_decay", "max_grad_norm"):
+            at_least(name, getattr(self, name))
         if self.max_negative_term is not None and not self.max_negative_term > 0:
             raise ForgetuneError(f"max_negative_term must be > 0 (or none: no bound), got {self.max_negative_term}")
         if self.save_steps < 0:
@@ -253,7 +218,6 @@ class TrainConfig:
         from transformers import SchedulerType
 
         _one_of("lr_scheduler", self.lr_scheduler, [s.value for s in SchedulerType], "unknown lr_scheduler")
-        _one_of("negative_mean", self.negative_mean, ("negatives", "tokens"))
 
 
 @dataclass
@@ -273,25 +237,14 @@ class UnlearnConfig:
 
     forget: str | None = option(None, "Forget set: records whose responses the model must unlearn (any data format).")
     retain: str | None = option(None, "Retain set: the utility to keep (needed by every method with a retain term).")
-    method: str = option("npo", "Unlearning method: a registered name (ga, graddiff, npo, simnpo, constrained, "
-                                "constrained-surgery, l1sparse, ...; docs/unlearning.md).")
-    forget_loss: str = option("npo", "Forget term inside constrained, constrained-surgery and l1sparse.")
-    beta: float | None = option(None, "NPO / SimNPO inverse temperature (default: the method's, 0.1 / 4.5).")
-    delta: float | None = option(None, "SimNPO margin (default 0).")
-    retain_weight: float | None = option(
-        None, "Weight of the retain NLL (default: the method's; constrained: the start value w0 of its dual weight)."
-    )
-    eps: float | None = option(
-        None, "constrained: allowed rise of log retain loss per step; constrained-surgery: of the retain loss per "
-        "unit learning rate (default 0)."
-    )
-    eta: float | None = option(None, "constrained: step size of the retain weight's dual update (default 5).")
-    retain_floor: float | None = option(
-        None, "constrained: m_r in log(L_r - m_r) (default 0). -1 makes it log(1 + L_r), for retain data the model "
-        "already fits (L_r near 0, where log L_r would scale the retain gradient by 1 / L_r and its per-batch noise "
-        "would drive the dual weight)."
-    )
-    alpha: float | None = option(None, "l1sparse: start weight of the l1 penalty on theta - theta_0 (-> 0; 1e-4).")
+    method: str = option("npo", "Unlearning method: a registered name (ga, graddiff, npo, simnpo, wga, constrained, "
+                                "constrained-surgery, l1sparse, ...; docs/unlearning.md); its settings are the flags "
+                                "marked with it.")
+    forget_loss: str = option("npo", "Forget term inside constrained, constrained-surgery and l1sparse (its settings "
+                                     "apply too).")
+    method_args: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "The method's own settings (and its forget loss's), as each method's file declares them "
+        "(forgetune.unlearning): flags and keys of this section like any other, e.g. --beta, --retain-weight.")})
     prune: float = option(0.0, "Magnitude-prune this fraction of the linear weights first; they stay 0.")
     tokens: str = option(
         "all", "all: every forget response token is forgotten; scored: only the top --token-fraction by "
@@ -338,12 +291,21 @@ class RunConfig:
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Sections of {field: value}, a loss's declared settings among its section's fields (as flags and YAML
+        keys are): the form config.yaml is written and read in."""
+        out = dataclasses.asdict(self)
+        for section, (holder, loss_field, _) in LOSS_SETTINGS.items():
+            fields, settings = out[section], out[section].pop(holder)
+            at = list(fields).index(loss_field) + 1  # the loss's settings right after its name
+            out[section] = dict([*list(fields.items())[:at], *settings.items(), *list(fields.items())[at:]])
+        return out
 
-    def validate(self) -> RunConfig:
-        """Each section checks its own fields; the one check across sections (steps of both trainings) is here."""
+    def validate(self, given: Collection[str] | None = None) -> RunConfig:
+        """Each section checks its own fields, each loss its declared settings (`settle_loss_settings`: `given`
+        names the settings the user set); the one check across sections (steps of both trainings) is here."""
         for name in SECTIONS:
             getattr(self, name).validate()
+        settle_loss_settings(self, given)
         t, r = self.train, self.reference
         for epochs, max_steps, flag in ((t.epochs, t.max_steps, "epochs"),
                                         (r.reference_epochs, r.reference_max_steps, "reference_epochs")):
@@ -357,6 +319,65 @@ SECTIONS: dict[str, type] = {
     f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING
 }
 TOP_LEVEL = ("output", "preset")
+
+# Sections whose settings include those each registered loss declares (its `Settings`): section -> (the field that
+# holds them, the field that names the loss, the registry's kind).
+LOSS_SETTINGS: dict[str, tuple[str, str, str]] = {
+    "train": ("objective_args", "objective", "objective"),
+    "unlearn": ("method_args", "method", "unlearning method"),
+}
+
+
+def loss_registry(section: str) -> Any:
+    """The registry of the losses `section` chooses from (imported here, when first needed: they import torch)."""
+    from forgetune import objectives, unlearning
+
+    return {"train": objectives, "unlearn": unlearning}[section]
+
+
+def loss_setting_index(section: str) -> dict[str, FieldInfo]:
+    """Every setting a registered loss of `section` declares, by name. Losses sharing a setting share its flag; its
+    help says which losses read it, and where their defaults differ, that each has its own."""
+    registry, holder = loss_registry(section), LOSS_SETTINGS[section][0]
+    readers: dict[str, list[tuple[str, FieldInfo]]] = {}
+    for name in registry.names():
+        for info in field_infos(registry.get(name).Settings, section, holder):
+            readers.setdefault(info.name, []).append((name, info))
+    index = {}
+    for key, entries in readers.items():
+        if len({info.type for _, info in entries}) > 1:
+            raise RuntimeError(f"loss setting {key} is declared with two types")
+        helps: dict[str, list[str]] = {}
+        defaults: dict[str, list[str]] = {}
+        for name, info in entries:
+            helps.setdefault(info.help.rstrip("."), []).append(name)
+            defaults.setdefault(repr(info.default), []).append(name)
+        text = "; ".join(f"[{', '.join(names)}] {help_text}" for help_text, names in helps.items()) + "."
+        default = entries[0][1].default if len(defaults) == 1 else "; ".join(
+            f"{value} for {', '.join(names)}" for value, names in defaults.items())
+        index[key] = FieldInfo(section, key, entries[0][1].type, default, text, holder)
+    return index
+
+
+def settle_loss_settings(cfg: RunConfig, given: Collection[str] | None = None) -> None:
+    """Replace each loss section's settings by the chosen loss's full, checked settings (its defaults filled in).
+    A setting the loss does not take is an error if the user set it (`given`; None: every setting counts as set)
+    and dropped if a lower layer did (a preset or defaults written for another loss)."""
+    for section, (holder, loss_field, kind) in LOSS_SETTINGS.items():
+        values, registry = getattr(cfg, section), loss_registry(section)
+        cls = registry.get(getattr(values, loss_field))
+        context = {"forget_loss": values.forget_loss} if section == "unlearn" else {}
+        settings, accepted = dict(getattr(values, holder)), cls.setting_names(**context)
+        for key in sorted(set(settings) - accepted):
+            if given is not None and key not in given:
+                del settings[key]
+                continue
+            takers = [n for n in registry.names() if key in registry.get(n).setting_names()]
+            raise ForgetuneError(
+                f"--{key.replace('_', '-')} does not apply to {kind} {cls.name} (its settings: "
+                f"{', '.join(sorted(accepted)) or 'none'}); it is a setting of {', '.join(takers)}"
+            )
+        setattr(values, holder, cls.settings_for(settings, **context))
 
 # The paper's exact recipe (arXiv 2508.04329), kept for comparison with forgetune's defaults.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -420,30 +441,17 @@ def canonical(key: str) -> str:
     return ALIASES.get(key, key)
 
 
-@dataclass(frozen=True)
-class FieldInfo:
-    section: str | None  # None for top-level fields (output, preset)
-    name: str
-    type: type  # scalar type: `int | None` -> int
-    default: Any
-    help: str
-
-
 def field_index() -> dict[str, FieldInfo]:
-    """Every flag name (= field name) with its section and type; field names are unique across sections."""
+    """Every flag name (= field name) with its section and type: the config's fields and every registered loss's
+    declared settings; names are unique across sections."""
     index: dict[str, FieldInfo] = {}
-    owners = [(None, RunConfig)] + list(SECTIONS.items())
-    for section, cls in owners:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if section is None and f.name not in TOP_LEVEL:
-                continue
-            if f.name in index:
-                raise RuntimeError(f"config field {f.name} defined twice")
-            hint = hints[f.name]
-            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-                hint = next(a for a in typing.get_args(hint) if a is not type(None))
-            index[f.name] = FieldInfo(section, f.name, hint, f.default, f.metadata.get("help", ""))
+    infos = [i for i in field_infos(RunConfig, None) if i.name in TOP_LEVEL]
+    infos += [i for section, cls in SECTIONS.items() for i in field_infos(cls, section)]
+    infos += [i for section in LOSS_SETTINGS for i in loss_setting_index(section).values()]
+    for info in infos:
+        if info.name in index:
+            raise RuntimeError(f"config field {info.name} defined twice")
+        index[info.name] = info
     return index
 
 
@@ -483,16 +491,22 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str) -> R
                 info = index.get(sub_key)
                 if info is None or info.section != key:
                     raise ForgetuneError(f"{source}: unknown field '{sub_key}' in section '{key}'")
-                setattr(getattr(cfg, key), sub_key, _coerce(sub_value, info, source))
+                _set(cfg, info, sub_value, source)
             continue
         if key in SECTIONS and key not in index:
             raise ForgetuneError(f"{source}: section '{key}' must be a mapping of field: value, got {value!r}")
         if key not in index:
             raise ForgetuneError(f"{source}: unknown config field '{key}' (see forgetune run --help)")
-        info = index[key]
-        target = cfg if info.section is None else getattr(cfg, info.section)
-        setattr(target, key, _coerce(value, info, source))
+        _set(cfg, index[key], value, source)
     return cfg
+
+
+def _set(cfg: RunConfig, info: FieldInfo, value: Any, source: str) -> None:
+    target = cfg if info.section is None else getattr(cfg, info.section)
+    if info.holder:
+        getattr(target, info.holder)[info.name] = _coerce(value, info, source)
+    else:
+        setattr(target, info.name, _coerce(value, info, source))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -544,7 +558,7 @@ def resolve(yaml_path: str | Path | None = None, flags: dict[str, Any] | None = 
         given = _given([base or {}, PRESETS.get(preset, {}), file_values, flags])
         apply_overrides(cfg, {section: {k: v for k, v in fields.items() if k not in given}
                               for section, fields in TRUSTED_REFERENCE_DEFAULTS.items()}, "trusted-reference defaults")
-    return cfg.validate()
+    return cfg.validate(given=_given([file_values, flags]))
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:

@@ -112,7 +112,7 @@ class Run:
                         *held_out)
 
     def objective(self) -> objectives.Objective:
-        return objectives.build(self.cfg.train)
+        return objectives.build(self.cfg.train.objective, self.cfg.train.objective_args)
 
     def reference_steps(self) -> tuple[float, int]:
         """(epochs, max_steps) of each reference: its own max_steps, else the final run's, else its epochs."""
@@ -129,7 +129,7 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
     if not corpus:
         raise ForgetuneError("no training data: pass --data FILE (.jsonl, .json, .parquet or a datasets folder)")
     corpus = resolve_data(corpus, cfg.data.data_config, cfg.data.data_split) if cfg.data.data else resolve_data(corpus)
-    objectives.build(cfg.train)  # fail early on an unknown objective
+    objectives.get(cfg.train.objective)  # fail early on an unknown objective
     reference_data = cfg.reference.reference_data
     if reference_data and not Path(reference_data).exists() and not is_dataset_name(reference_data):
         raise ForgetuneError(f"{cfg.reference.reference_data}: reference data file not found")
@@ -243,7 +243,7 @@ def reference(run: Run) -> dict[str, Any]:
     stage_dir.mkdir(parents=True, exist_ok=True)
     plan = reference_plan(run)
     epochs, max_steps = run.reference_steps()
-    sft = objectives.build(dataclasses.replace(run.cfg.train, objective="sft"))
+    sft = objectives.build("sft")
     for k, part in enumerate(plan):
         if part["train"] is None:
             log.info("reference: %s, trained already", run.cfg.reference.reference_model)

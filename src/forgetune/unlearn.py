@@ -23,7 +23,6 @@ betrays its membership to a loss attack as much as a remembered one does.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -58,17 +57,15 @@ from forgetune.models import (
     resolve_model_path,
     save_model,
 )
+from forgetune.objectives import Objective
 from forgetune.processes import process_state
 from forgetune.rundir import RunDir
 from forgetune.scoring.partition import partition_tokens
 from forgetune.scoring.scorer import example_offsets, token_ce
 from forgetune.trainer import fit
+from forgetune.unlearning.base import Wrapper
 
 log = logging.getLogger(__name__)
-
-# Method knobs that map onto constructor arguments of the same name (`retain_weight` is also constrained's w0).
-KNOBS = ("beta", "delta", "retain_weight", "eps", "eta", "alpha", "retain_floor")
-
 
 def unlearn_config(flags: dict[str, Any] | None = None, yaml_path: str | Path | None = None) -> RunConfig:
     """The resolved config of an unlearning run: the run config's sections, unlearning's train defaults underneath
@@ -88,47 +85,17 @@ def check_inputs(cfg: RunConfig) -> None:
         path = getattr(u, name)
         if path and not Path(path).exists() and not is_dataset_name(path):
             raise ForgetuneError(f"{path}: file not found (--{name})")
-    unlearning.get(u.method)
     unlearning.get(u.forget_loss)
 
 
-def _accepted(cls: type) -> set[str]:
-    return set(inspect.signature(cls.__init__).parameters) - {"self"}
-
-
-def build_method(cfg: UnlearnConfig, parameters: list[torch.nn.Parameter]) -> Any:
-    """The registered method with the knobs that were set (`cfg`: the unlearn section); a knob no part of the method
-    takes is an error."""
+def build_method(cfg: UnlearnConfig, parameters: list[torch.nn.Parameter]) -> Objective:
+    """The registered method with its settings (`cfg.method_args`, as the config settled them), a wrapper with its
+    forget loss, and the trainable parameters where the method declares it needs them."""
     cls = unlearning.get(cfg.method)
-    knobs = {k: getattr(cfg, k) for k in KNOBS if getattr(cfg, k) is not None}
-    own = _accepted(cls)
-    params = {k: v for k, v in knobs.items() if k in own}
-    if "weight" in own and "retain_weight" in knobs:  # constrained: the retain term's start weight
-        params["weight"] = knobs["retain_weight"]
-    inner_slot = next((s for s in ("forget", "inner") if s in own), None)
-    if inner_slot:
-        params[inner_slot] = cfg.forget_loss
-        # constrained / constrained-surgery own the retain term; l1sparse leaves it to the inner method
-        owned = {"retain_weight"} if inner_slot == "forget" else set()
-        shared = _accepted(unlearning.get(cfg.forget_loss)) - own - owned
-        params.update({k: v for k, v in knobs.items() if k in shared})
-    if "parameters" in own:
-        params["parameters"] = parameters
-    unused = set(knobs) - set(params) - ({"retain_weight"} if "weight" in params else set())
-    if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unused))
-        raise ForgetuneError(
-            f"unlearn: {flags} does not apply to --method {cfg.method} (forget loss {cfg.forget_loss})"
-        )
-    try:
-        return cls(**params)
-    except ValueError as e:
-        raise ForgetuneError(f"unlearn: --method {cfg.method}: {e}") from None
-
-
-def uses_retain(method: Any) -> bool:
-    """Whether the method has a retain term (GA with retain_weight 0 does not; constrained forms always do)."""
-    return getattr(getattr(method, "inner", method), "retain_weight", None) != 0
+    context = {"forget_loss": cfg.forget_loss} if issubclass(cls, Wrapper) else {}
+    if cls.needs_parameters:
+        context["parameters"] = parameters
+    return cls(**context, **cfg.method_args)
 
 
 def unlearn_features(examples: list[Example], base_ce: np.ndarray | None = None,
@@ -268,7 +235,7 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
     weights = forget_token_weights(cfg, forget, own_ce, tokenizer.pad_token_id)
     masks = unlearning.prune(model, u.prune) if u.prune > 0 else None
     method = build_method(u, list(model.parameters()))
-    if uses_retain(method) and retain is None:
+    if method.uses_retain and retain is None:
         raise ForgetuneError(f"unlearn: --method {u.method} has a retain term: pass --retain FILE")
     if method.writes_gradients and state.num_processes > 1:
         raise ForgetuneError(f"unlearn: --method {u.method} writes gradients itself and runs in one process only")
@@ -280,7 +247,7 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
             f"unlearn: --token-fraction {u.token_fraction} of {len(weights)} forget tokens selects none; raise it"
         )
     dataset = ForgetRetainDataset(forget_features,
-                                  unlearn_features(retain) if retain and uses_retain(method) else None)
+                                  unlearn_features(retain) if retain and method.uses_retain else None)
     if state.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / DONE_MARKER).unlink(missing_ok=True)

@@ -10,7 +10,6 @@ import torch
 from conftest import build_tiny_llama
 from forgetune import objectives, unlearning
 from forgetune.bench.data.arith import make_arith
-from forgetune.config import TrainConfig
 from forgetune.data.collator import Collator, make_features
 from forgetune.data.formats import load_examples
 from forgetune.scoring.scorer import example_offsets
@@ -18,7 +17,7 @@ from forgetune.scoring.token_logps import response_token_ce, training_response_t
 from forgetune.trainer import flat_token_batch
 from tests_helpers import write_jsonl
 
-LOSSES = [objectives.build(TrainConfig(objective=name)) for name in objectives.names()] + [
+LOSSES = [objectives.build(name) for name in objectives.names()] + [
     unlearning.build(name) for name in ("ga", "graddiff", "npo", "simnpo", "wga", "constrained")]
 
 

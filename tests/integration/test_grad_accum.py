@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -68,7 +66,7 @@ def scored(tmp_path, tokenizer):
 ])
 def test_accumulated_micro_batches_apply_the_big_batchs_gradient(objective, settings, scored, tokenizer, tmp_path):
     _, features = scored
-    loss = objectives.build(dataclasses.replace(TrainConfig(objective=objective), **settings))
+    loss = objectives.build(objective, settings)
     assert loss.exact_under_accumulation
     assert_same_step(first_step(tokenizer, features, loss, tmp_path, 16, 1),
                      first_step(tokenizer, features, loss, tmp_path, 8, 2))
@@ -95,6 +93,6 @@ def test_unlearning_accumulates_like_one_batch(method, scored, tokenizer, tmp_pa
 
 def test_a_loss_that_is_not_a_sum_is_averaged_over_micro_batches():
     """log F + w log R and a per-batch top-k have no exact split: they keep transformers' average."""
-    assert not objectives.build(TrainConfig(objective="forget-constrained")).exact_under_accumulation
-    assert not objectives.build(TrainConfig(objective="loss-truncation")).exact_under_accumulation
+    assert not objectives.build("forget-constrained").exact_under_accumulation
+    assert not objectives.build("loss-truncation").exact_under_accumulation
     assert not unlearning.build("constrained").exact_under_accumulation

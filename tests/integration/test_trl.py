@@ -17,7 +17,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from conftest import REPO, TOKENIZER_DIR, build_tiny_llama
-from forgetune.config import TrainConfig
 from forgetune.data.collator import Collator
 from forgetune.errors import ForgetuneError
 from forgetune.integrations.trl import ForgetSFTTrainer, score_dataset
@@ -131,7 +130,7 @@ def test_loss_equals_forgetune_trainers(objective, tiny_model_dir, reference_dir
     assert any(-1 in row["polarity"] for row in rows)
     model = trainer.model.train()
     ours = trainer.compute_loss(model, trainer.data_collator(rows))
-    theirs = forgetune_loss(model, rows, build(TrainConfig(objective=objective)))
+    theirs = forgetune_loss(model, rows, build(objective))
     assert abs(ours.item() - theirs.item()) < 1e-6
 
 

@@ -258,7 +258,7 @@ def test_rerun_is_skipped_and_a_changed_setting_reruns(tiny_model_dir, data, tmp
 @pytest.mark.parametrize("case, expected", [
     ("no-forget", "--forget is required"),
     ("npo-no-retain", "has a retain term: pass --retain"),
-    ("beta-ga", "--beta does not apply to --method ga"),
+    ("beta-ga", "--beta does not apply to unlearning method ga"),
     ("scored-no-reference", "--tokens scored needs --token-reference"),
     ("unknown-method", "unknown unlearning method 'magic'"),
     ("prune-too-big", "--prune must be in [0, 1), got 1.5"),
@@ -287,20 +287,24 @@ def test_bad_input_is_one_line_error(case, expected, tiny_model_dir, data, tmp_p
 
 
 def test_method_knobs_reach_the_method_and_inner_forget_loss():
-    from forgetune.config import UnlearnConfig
     from forgetune.errors import ForgetuneError
-    from forgetune.unlearn import build_method
+    from forgetune.unlearn import build_method, unlearn_config
 
     params = [torch.nn.Parameter(torch.zeros(2))]
-    constrained = build_method(UnlearnConfig(method="constrained", forget_loss="simnpo", retain_weight=2.0,
-                                             retain_floor=-1.0, beta=3.0, eta=0.5), params)
+
+    def settled(**flags):
+        return unlearn_config({"forget": "f.jsonl", "output": "out", **flags}).unlearn
+
+    constrained = build_method(settled(method="constrained", forget_loss="simnpo", retain_weight=2.0,
+                                       retain_floor=-1.0, beta=3.0, eta=0.5), params)
     assert (constrained.weight, constrained.retain_floor, constrained.eta) == (2.0, -1.0, 0.5)
     assert constrained.forget.name == "simnpo" and constrained.forget.beta == 3.0
     assert constrained.forget.retain_weight == 0.0  # the constrained form owns the retain term
-    sparse = build_method(UnlearnConfig(method="l1sparse", forget_loss="npo", retain_weight=0.5, alpha=1e-3), params)
-    assert (sparse.alpha, sparse.inner.name, sparse.inner.retain_weight) == (1e-3, "npo", 0.5)
-    with pytest.raises(ForgetuneError, match="--retain-floor does not apply to --method npo"):
-        build_method(UnlearnConfig(method="npo", retain_floor=-1.0), params)
+    sparse = build_method(settled(method="l1sparse", forget_loss="npo", retain_weight=0.5, alpha=1e-3), params)
+    assert (sparse.alpha, sparse.forget.name, sparse.forget.retain_weight) == (1e-3, "npo", 0.5)
+    with pytest.raises(ForgetuneError, match="--retain-floor does not apply to unlearning method npo .its settings: "
+                                             "beta, retain_weight.; it is a setting of constrained"):
+        settled(method="npo", retain_floor=-1.0)
 
 
 # --- stopping rule ----------------------------------------------------------------------------------------------

@@ -34,12 +34,13 @@ def write_yaml(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
 
 def test_defaults():
     cfg = resolve()
-    assert cfg == RunConfig()
+    assert cfg == RunConfig().validate()  # validation fills in the chosen losses' declared settings
     # forgetune's defaults (docs/demo.md): three-way split at 0, neutral tokens learned, bounded NPO term per token.
     assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", rank_by="difference", negative_below=0.0,
                                            neutral="learn")
-    assert (cfg.train.objective, cfg.train.lambda_min, cfg.train.lambda_max) == ("forget-npo", 0.0, 0.25)
-    assert cfg.train.negative_mean == "tokens"
+    assert (cfg.train.objective, cfg.train.objective_args) == (
+        "forget-npo", {"lambda_max": 0.25, "lambda_min": 0.0, "negative_mean": "tokens", "npo_beta": 0.1})
+    assert cfg.train.objective_args["negative_mean"] == "tokens"
     assert cfg.reference.cross_fit == 2
     assert cfg.data == DataConfig(data=None, format="auto", max_length=512, system_prompt=None)
     assert cfg.preset is None and cfg.output is None
@@ -63,7 +64,7 @@ def test_precedence_defaults_preset_yaml_flags(tmp_path):
     assert resolve(path, {"preset": "paper"}).reference.cross_fit == 3
     cfg = resolve(path, {"preset": "paper", "cross_fit": 5})
     assert cfg.reference.cross_fit == 5
-    assert cfg.train.lambda_max == 0.5  # YAML beats the preset's 0.25
+    assert cfg.train.objective_args["lambda_max"] == 0.5  # YAML beats the preset's 0.25
     assert cfg.partition.rho == 0.7  # untouched everywhere: the default
 
 
@@ -80,8 +81,8 @@ def test_paper_preset_values():
     assert cfg.reference.reference_fraction == 0.3
     assert cfg.partition == PartitionConfig(rho=0.7, granularity="global", rank_by="difference", negative_below=None,
                                            neutral="ignore")
-    assert cfg.train.objective == "forget" and cfg.train.negative_mean == "negatives"
-    assert (cfg.train.lambda_min, cfg.train.lambda_max, cfg.train.max_grad_norm) == (0.0, 0.25, 1.0)
+    assert cfg.train.objective == "forget" and cfg.train.max_grad_norm == 1.0
+    assert cfg.train.objective_args == {"lambda_max": 0.25, "lambda_min": 0.0, "negative_mean": "negatives"}
     assert set(PRESETS) >= {"paper"}
 
 
@@ -125,7 +126,7 @@ def test_coercions(tmp_path):
 
 
 def test_empty_yaml_is_defaults(tmp_path):
-    assert resolve(write_yaml(tmp_path, "# nothing here\n")) == RunConfig()
+    assert resolve(write_yaml(tmp_path, "# nothing here\n")) == RunConfig().validate()
 
 
 # ---------------------------------------------------------------- bad values
@@ -208,7 +209,7 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     """`learning_rate: 1e-5` is how most configs write a learning rate; YAML 1.1 (PyYAML) loads it as the str '1e-5'."""
     cfg = resolve(write_yaml(tmp_path, "train:\n  learning_rate: 1e-5\n  lambda_max: 5e-1\n"))
     assert cfg.train.learning_rate == 1e-5
-    assert cfg.train.lambda_max == 0.5
+    assert cfg.train.objective_args["lambda_max"] == 0.5
 
 
 # ---------------------------------------------------------------- round trip
@@ -385,7 +386,7 @@ def test_fingerprint_path_changes_with_content(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"npo_beta": 0.0}, "npo_beta must be > 0"),
+        ({"npo_beta": 0.0}, "npo_beta must be a finite number > 0"),
         ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
         ({"logging_steps": 0}, "logging_steps must be >= 1"),
         ({"lr_scheduler": "cosin"}, "unknown lr_scheduler 'cosin'"),
@@ -400,7 +401,7 @@ def test_training_values_rejected_before_any_work(flags, message):
 
 def test_empty_yaml_section_is_allowed(tmp_path):
     cfg = resolve(write_yaml(tmp_path, "train:\n  # batch_size: 4\npartition: {rho: 0.5}\n"))
-    assert cfg.train == TrainConfig() and cfg.partition.rho == 0.5
+    assert cfg.train == RunConfig().validate().train and cfg.partition.rho == 0.5
 
 
 def test_base_layer_sits_below_yaml_and_flags(tmp_path):
@@ -490,3 +491,78 @@ def test_load_best_model_at_end_needs_eval_data():
         resolve(flags={"load_best_model_at_end": True})
     with pytest.raises(ForgetuneError, match="eval_steps must be >= 0 and save_total_limit >= 1"):
         resolve(flags={"save_total_limit": 0})
+
+
+# ---------------------------------------------------------------- settings each loss declares
+
+
+@pytest.fixture
+def new_objective():
+    """An objective added the way a contributor adds one: a registered class declaring its Settings (removed after)."""
+    from dataclasses import dataclass
+
+    from forgetune import objectives
+    from forgetune.objectives.base import Objective
+    from forgetune.settings import Settings, at_least, option
+
+    @dataclass
+    class HalfSettings(Settings):
+        half_weight: float = option(0.5, "Weight of the negatives' CE.")
+
+        def validate(self):
+            at_least("half_weight", self.half_weight)
+
+    @objectives.register("test-half")
+    class Half(Objective):
+        Settings = HalfSettings
+        needs_partition = True
+
+        def __call__(self, ce, tokens, progress):
+            return (ce * (tokens.polarity == 1) + self.half_weight * ce * (tokens.polarity == -1)).sum(), {}
+
+    yield Half
+    objectives.REGISTRY.pop("test-half")
+
+
+def test_a_new_objectives_declared_setting_is_a_flag_a_yaml_key_checked_and_saved(new_objective, tmp_path):
+    from forgetune import objectives
+
+    info = field_index()["half_weight"]
+    assert (info.section, info.type, info.default) == ("train", float, 0.5)
+    assert info.help == "[test-half] Weight of the negatives' CE."
+    cfg = resolve(flags={"objective": "test-half", "half_weight": "0.25"})
+    assert cfg.train.objective_args == {"half_weight": 0.25}
+    assert objectives.build(cfg.train.objective, cfg.train.objective_args).half_weight == 0.25
+    from_yaml = resolve(write_yaml(tmp_path, "train:\n  objective: test-half\n"))
+    assert from_yaml.train.objective_args == {"half_weight": 0.5}
+    with pytest.raises(ForgetuneError, match="half_weight must be a finite number >= 0, got -1.0"):
+        resolve(flags={"objective": "test-half", "half_weight": -1.0})
+    saved = dump_yaml(cfg)
+    assert "  objective: test-half\n  half_weight: 0.25\n" in saved  # right after the objective's name
+    assert from_dict(load_yaml(write_yaml(tmp_path, saved, "saved.yaml"))) == cfg
+
+
+def test_a_setting_the_chosen_loss_does_not_take_is_refused_if_yours_and_dropped_if_a_presets():
+    with pytest.raises(ForgetuneError, match=r"--npo-beta does not apply to objective ignore \(its settings: none\); "
+                                             r"it is a setting of forget-constrained, forget-npo"):
+        resolve(flags={"objective": "ignore", "npo_beta": 0.2})
+    cfg = resolve(flags={"preset": "paper", "objective": "ignore"})  # the preset's lambda settings were for forget
+    assert cfg.train.objective_args == {}
+    trusted = resolve(flags={"reference_data": "trusted.jsonl"})  # its defaults choose ignore
+    assert (trusted.train.objective, trusted.train.objective_args) == ("ignore", {})
+    with pytest.raises(ForgetuneError, match="--alpha does not apply to unlearning method npo"):
+        resolve(flags={"method": "npo", "alpha": 1e-3})
+
+
+def test_every_registered_losss_settings_are_flags_of_its_section_naming_it():
+    import dataclasses
+    import re
+
+    from forgetune import objectives, unlearning
+
+    index = field_index()
+    for section, registry in (("train", objectives), ("unlearn", unlearning)):
+        for name in registry.names():
+            for f in dataclasses.fields(registry.get(name).Settings):
+                readers = re.findall(r"\[([^\]]*)\]", index[f.name].help)
+                assert index[f.name].section == section and any(name in r.split(", ") for r in readers), f.name

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from forgetune import ForgetuneError, objectives
-from forgetune.config import TrainConfig, resolve
+from forgetune.config import resolve
 from forgetune.objectives import TokenBatch
 from forgetune.schedules import linear_ramp
 
@@ -18,8 +18,9 @@ LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
 
 def build(objective: str, **kw):
     """The hand computations below use the paper's per-negative mean unless a test says otherwise."""
-    kw.setdefault("negative_mean", "negatives")
-    return objectives.build(TrainConfig(objective=objective, **kw))
+    if "negative_mean" in objectives.get(objective).setting_names():
+        kw.setdefault("negative_mean", "negatives")
+    return objectives.build(objective, kw)
 
 
 def leaf(values) -> torch.Tensor:
@@ -74,7 +75,7 @@ def test_objectives_declare_what_they_need():
 
 def test_build_passes_config_values():
     obj = build("forget-npo", lambda_min=0.05, lambda_max=0.75, npo_beta=0.5)
-    assert (obj.lambda_min, obj.lambda_max, obj.beta) == (0.05, 0.75, 0.5)
+    assert (obj.lambda_min, obj.lambda_max, obj.npo_beta) == (0.05, 0.75, 0.5)
 
 
 # ---------------------------------------------------------------- sft
@@ -113,9 +114,11 @@ def test_ignore_mean_over_positives_only():
 
 
 def test_ignore_does_not_depend_on_progress():
-    """Ignore has no lambda: loss at t = 0 equals loss at t = 1 (= (1 + 3) / 2)."""
+    """Ignore has no lambda (it declares no setting): loss at t = 0 equals loss at t = 1 (= (1 + 3) / 2)."""
     ce, tokens = leaf([1.0, 9.0, 3.0]), TokenBatch(polarity=pol([1, -1, 1]))
-    obj = build("ignore", lambda_max=5.0)
+    with pytest.raises(ForgetuneError, match="objective ignore has no setting lambda_max"):
+        build("ignore", lambda_max=5.0)
+    obj = build("ignore")
     assert obj(ce, tokens, 0.0)[0].item() == obj(ce, tokens, 1.0)[0].item() == pytest.approx(2.0)
 
 
@@ -199,7 +202,7 @@ def test_empty_token_batch_is_finite(name):
     """N = 0 response tokens: every masked mean is 0 / 1 = 0, so the loss is exactly 0."""
     ce = leaf([])
     tokens = TokenBatch(polarity=pol([]), base_ce=torch.zeros(0))
-    loss, _ = build(name, lambda_max=0.5)(ce, tokens, 0.5)
+    loss, _ = build(name)(ce, tokens, 0.5)
     assert loss.item() == 0.0
 
 
@@ -322,13 +325,12 @@ def test_negative_mean_tokens_weighs_each_token_equally():
 
 
 def test_constrained_is_built_by_name_from_the_config():
-    obj = objectives.build(
-        TrainConfig(objective="forget-constrained", constraint_weight=0.5, constraint_eta=2.0, constraint_eps=0.1,
-                    npo_beta=0.3)
-    )
+    cfg = resolve(flags={"objective": "forget-constrained", "constraint_weight": 0.5, "constraint_eta": 2.0,
+                         "constraint_eps": 0.1, "npo_beta": 0.3})
+    obj = objectives.build(cfg.train.objective, cfg.train.objective_args)
     assert type(obj).__name__ == "ForgetConstrained" and obj.name == "forget-constrained"
     c = obj.constraint
-    assert (c.weight, c.eta, c.eps, c.min_weight, obj.npo.beta) == (0.5, 2.0, 0.1, 0.5, 0.3)
+    assert (c.weight, c.eta, c.eps, c.min_weight, obj.npo_beta) == (0.5, 2.0, 0.1, 0.5, 0.3)
 
 
 @pytest.mark.parametrize(

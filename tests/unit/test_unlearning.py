@@ -250,7 +250,7 @@ def test_explicit_surgery_lowers_the_forget_loss_within_the_retain_budget():
 
 def test_implicit_constrained_lowers_the_forget_loss_within_the_retain_budget():
     # the quadratic stands in for a positive forget loss; `forget` only names the batch path, unused here
-    method = unlearning.build("constrained", forget="simnpo", eta=5.0, weight=1.0)
+    method = unlearning.build("constrained", forget_loss="simnpo", eta=5.0, retain_weight=1.0)
     weights = []
 
     def step(theta):
@@ -268,21 +268,21 @@ def test_implicit_constrained_lowers_the_forget_loss_within_the_retain_budget():
 
 def test_implicit_constrained_dual_update_sign_and_floor():
     """log-rise 0.1 - eps 0.02 = 0.08 -> w = 1 + 5 * 0.08 = 1.4; a fall never takes w below 0."""
-    method = unlearning.build("constrained", forget="npo", eta=5.0, eps=0.02)
+    method = unlearning.build("constrained", forget_loss="npo", eta=5.0, eps=0.02)
     assert method.update(1.0, math.exp(0.1)) == pytest.approx(1.4)
     assert method.update(1.0, math.exp(-10.0)) == 0.0
 
 
 def test_implicit_constrained_min_weight_floors_the_dual_variable():
     """min_weight 0.8: a fall that would take w to 1 + 5 * (-10) stops at 0.8; a rise of 0.1 then gives 0.8 + 0.5."""
-    method = unlearning.build("constrained", forget="npo", eta=5.0, min_weight=0.8)
+    method = unlearning.build("constrained", forget_loss="npo", eta=5.0, min_weight=0.8)
     assert method.min_weight == 0.8
     assert method.update(1.0, math.exp(-10.0)) == 0.8
     assert method.update(1.0, math.exp(-0.1)) == 0.8
     assert method.update(1.0, math.exp(0.1)) == pytest.approx(1.3)
     assert method.weight >= method.min_weight
-    with pytest.raises(ValueError, match="must be >= 0"):
-        unlearning.build("constrained", forget="npo", min_weight=-1.0)
+    with pytest.raises(ForgetuneError, match="min_weight must be a finite number >= 0"):
+        unlearning.build("constrained", forget_loss="npo", min_weight=-1.0)
 
 
 def test_implicit_constraint_loss_drops_a_missing_term():
@@ -299,20 +299,20 @@ def test_implicit_constraint_loss_drops_a_missing_term():
 
 def test_implicit_constrained_loss_by_hand_and_its_refusals():
     """log(3 - 1) + 1 * log(0.5 - 0) = log 2 - log 2 = 0."""
-    method = unlearning.build("constrained", forget="npo", forget_floor=1.0)
+    method = unlearning.build("constrained", forget_loss="npo", forget_floor=1.0)
     assert method.loss(t(3.0), t(0.5)).item() == pytest.approx(0.0)
     with pytest.raises(ValueError, match="positive forget loss"):
         method.loss(t(1.0), t(0.5))
     with pytest.raises(ValueError, match="not above m_r"):
         method.loss(t(3.0), t(0.0))
-    with pytest.raises(ValueError, match="positive forget loss.*'ga'"):
-        unlearning.build("constrained", forget="ga")
+    with pytest.raises(ForgetuneError, match="positive forget loss.*'ga'"):
+        unlearning.build("constrained", forget_loss="ga")
 
 
 def test_implicit_constrained_call_updates_w_from_consecutive_batches():
     """First call: npo at theta == ref is 20 log 2, retain 1 -> loss log(20 log 2) + 1 * log 1, w stays 1.
     Second call, retain e^0.2: w = 1 + 5 * 0.2 = 2, loss log(20 log 2) + 2 * 0.2."""
-    method = unlearning.build("constrained", forget="npo")
+    method = unlearning.build("constrained", forget_loss="npo")
     loss, metrics = method(*tokens([[3.0]], [[1.0]], base=[[3.0]]))
     assert loss.item() == pytest.approx(math.log(20 * LN2)) and metrics["retain_weight"] == 1.0
     loss, metrics = method(*tokens([[3.0]], [[math.exp(0.2)]], base=[[3.0]]))
@@ -336,7 +336,7 @@ def test_l1sparse_wraps_another_method_against_the_initial_parameters():
     """theta_0 = (1, -2) snapshot; theta moves to (2, -2) -> ||theta - theta_0||_1 = 1; alpha 0.5 at progress 0.5
     -> 0.25 added to GA's -2."""
     theta = leaf([1.0, -2.0])
-    method = unlearning.build("l1sparse", parameters=[theta], inner="ga", alpha=0.5)
+    method = unlearning.build("l1sparse", parameters=[theta], forget_loss="ga", alpha=0.5)
     with torch.no_grad():
         theta[0] = 2.0
     loss, metrics = method(*tokens(FORGET), 0.5)
@@ -401,5 +401,5 @@ def test_wga_weighs_each_forget_tokens_ascent_by_its_probability_to_the_beta():
     assert forget_only.item() == pytest.approx(-3 / 16 * LN2)
     ga_like = unlearning.build("wga", beta=0.0, retain_weight=0.0)(*tokens([[LN2], [2 * LN2]]))[0]
     assert ga_like.item() == pytest.approx(unlearning.build("ga")(*tokens([[LN2], [2 * LN2]]))[0].item())
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ForgetuneError, match="beta must be a finite number >= 0"):
         unlearning.build("wga", beta=-1.0)

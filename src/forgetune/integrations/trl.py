@@ -27,7 +27,7 @@ from trl.chat_template_utils import get_training_chat_template, has_generation_m
 from trl.data_utils import is_conversational
 
 from forgetune import objectives
-from forgetune.config import RunConfig, apply_overrides, dump_yaml, resolve
+from forgetune.config import dump_yaml, resolve
 from forgetune.data.collator import TOKEN_FIELDS, make_features
 from forgetune.data.formats import IGNORE_INDEX, Example
 from forgetune.errors import ForgetuneError
@@ -209,14 +209,12 @@ class ForgetCollator:
 
 
 def build_objective(objective: str | Objective, settings: dict[str, Any] | None = None) -> Objective:
-    """A registered forgetune loss by name with its settings (TrainConfig fields: lambda_max, npo_beta, ...)."""
+    """A registered forgetune loss by name with its declared settings (lambda_max, npo_beta, ...)."""
     if isinstance(objective, Objective):
         if settings:
             raise ForgetuneError("objective_args set the settings of an objective given by name, not of an instance")
         return objective
-    cfg = apply_overrides(RunConfig(), {"train": {"objective": objective, **(settings or {})}}, "ForgetSFTTrainer")
-    cfg.train.validate()
-    return objectives.build(cfg.train)
+    return objectives.build(objective, settings)
 
 
 def sequence_ids(inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:

@@ -5,7 +5,8 @@ The trainer only calls `objective(ce, tokens, progress)`; it never branches on t
 
 from __future__ import annotations
 
-from forgetune.config import TrainConfig
+from typing import Any
+
 from forgetune.objectives.base import Objective, TokenBatch
 from forgetune.registry import Registry
 
@@ -13,10 +14,12 @@ _registry = Registry(__name__, __path__, "objective")
 REGISTRY = _registry.classes
 register = _registry.register
 names = _registry.names
+get = _registry.get
 
 
-def build(cfg: TrainConfig) -> Objective:
-    return _registry.get(cfg.objective).from_config(cfg)
+def build(name: str, settings: dict[str, Any] | None = None) -> Objective:
+    """The objective registered as `name` with its declared settings (`settings`; defaults for the rest)."""
+    return _registry.get(name)(**(settings or {}))
 
 
-__all__ = ["Objective", "TokenBatch", "build", "names", "register"]
+__all__ = ["Objective", "TokenBatch", "build", "get", "names", "register"]

@@ -4,13 +4,15 @@ tensors: the trainer detaches them and turns them into numbers only when it logs
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from forgetune.config import TrainConfig
+from forgetune.errors import ForgetuneError
 from forgetune.schedules import linear_ramp
+from forgetune.settings import Settings, at_least, declared, one_of, option
 
 
 @dataclass
@@ -65,23 +67,46 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | 
 class Objective:
     """Base class: `__call__(ce, tokens, progress) -> (loss, metrics)`; progress = step / total steps in [0, 1].
 
-    An update rule that is not a loss (explicit gradient surgery) declares `writes_gradients` and implements
-    `backward(parameters, ce, tokens, progress) -> metrics`, writing `.grad` itself; the trainer then clips and
-    applies it like any gradient.
+    Settings: a loss declares its knobs as `Settings` (a dataclass of `option(default, help)` fields with its own
+    `validate`); they become flags and YAML keys of its config section, and `Objective(**settings)` checks them and
+    sets each one as an attribute. A loss needing more at construction overrides `setup()`.
+
+    Declared hooks the trainer reads instead of probing: `writes_gradients` (an update rule that is not a loss,
+    explicit gradient surgery: it implements `backward(parameters, ce, tokens, progress) -> metrics`, writing `.grad`
+    itself; the trainer then clips and applies it like any gradient) and `needs_parameters` (it is built with the
+    trainable parameters, e.g. to penalise their distance from the start).
 
     `exact_under_accumulation`: the loss is a sum over tokens (or sequences) divided by a count, and divides by
     `tokens.count(...)` when given, so gradient accumulation equals one big batch. Others (a log of means, a per-batch
     top-k) are averaged over the micro-batches, as transformers does for any loss."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = "objective"
+    Settings: ClassVar[type[Settings]] = Settings
     needs_partition: ClassVar[bool] = False
     needs_base_ce: ClassVar[bool] = False
     writes_gradients: ClassVar[bool] = False
+    needs_parameters: ClassVar[bool] = False
     exact_under_accumulation: ClassVar[bool] = False
 
+    def __init__(self, **settings: Any):
+        self.settings = declared(type(self), settings, self.kind)
+        for key, value in dataclasses.asdict(self.settings).items():
+            setattr(self, key, value)
+        self.setup()
+
+    def setup(self) -> None:
+        """Construction beyond setting the declared settings as attributes (none by default)."""
+
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> Objective:
-        return cls()
+    def setting_names(cls, **context: Any) -> set[str]:
+        """The settings this loss takes (`context`: what a wrapper's settings depend on, e.g. its forget loss)."""
+        return {f.name for f in dataclasses.fields(cls.Settings)}
+
+    @classmethod
+    def settings_for(cls, values: dict[str, Any], **context: Any) -> dict[str, Any]:
+        """`values` checked and completed with the declared defaults: what the loss is built with."""
+        return dataclasses.asdict(declared(cls, values, cls.kind))
 
     def __call__(self, ce: torch.Tensor, tokens: TokenBatch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -91,18 +116,29 @@ class Objective:
         raise NotImplementedError(f"{self.name} is a loss: the trainer calls it and backpropagates")
 
 
+@dataclass
+class PositiveNegativeSettings(Settings):
+    lambda_max: float = option(0.25, "Final weight of the negative term (lambda ramps linearly over the run).")
+    lambda_min: float = option(0.0, "Initial weight of the negative term.")
+    negative_mean: str = option(
+        "tokens", "Normaliser of the negative term: 'negatives' (mean over the batch's negatives, the paper's) or "
+        "'tokens' (sum over negatives / all scored tokens: each negative weighs lambda times a positive)."
+    )
+
+    def validate(self) -> None:
+        at_least("lambda_max", self.lambda_max)
+        at_least("lambda_min", self.lambda_min)
+        if self.lambda_min > self.lambda_max:
+            raise ForgetuneError(f"lambda_min ({self.lambda_min}) must not exceed lambda_max ({self.lambda_max})")
+        one_of("negative_mean", self.negative_mean, ("negatives", "tokens"))
+
+
 class PositiveNegativeObjective(Objective):
     """Mean CE over positives plus lambda(t) times a negative term; subclasses define the negative term."""
 
+    Settings = PositiveNegativeSettings
     needs_partition = True
     exact_under_accumulation = True
-
-    def __init__(self, lambda_min: float = 0.0, lambda_max: float = 0.25, negative_mean: str = "negatives"):
-        self.lambda_min, self.lambda_max, self.negative_mean = lambda_min, lambda_max, negative_mean
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> Objective:
-        return cls(lambda_min=cfg.lambda_min, lambda_max=cfg.lambda_max, negative_mean=cfg.negative_mean)
 
     def negative_term(self, ce: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
         """Per-token value to *add* (times lambda) for negative tokens."""

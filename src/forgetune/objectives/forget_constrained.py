@@ -23,37 +23,55 @@ gradient (evaluation) leave w alone. A batch without negatives has loss w * log 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from forgetune.objectives import register
 from forgetune.objectives.base import Objective, TokenBatch, masked_mean
-from forgetune.objectives.npo import ForgetNPO
+from forgetune.settings import Settings, at_least, option
 from forgetune.unlearning.constrained import ImplicitConstraint
+from forgetune.unlearning.npo import npo_loss
+
+
+@dataclass
+class ConstrainedSettings(Settings):
+    constraint_weight: float = option(
+        1.0, "Starting (and minimum) weight w0 of log(positive CE) in log(F) + w * log(pos. CE)."
+    )
+    constraint_eta: float = option(
+        5.0, "Dual step size; w grows by eta per unit rise of log(positive CE) beyond eps."
+    )
+    constraint_eps: float = option(0.0, "Allowed rise of log(positive CE) per step before w grows (0: none).")
+    npo_beta: float = option(0.1, "Inverse temperature of the NPO-style negative term.")
+
+    def validate(self):
+        for name in ("constraint_weight", "constraint_eta", "constraint_eps"):
+            at_least(name, getattr(self, name))
+        at_least("npo_beta", self.npo_beta, strict=True)
 
 
 @register("forget-constrained")
 class ForgetConstrained(Objective):
+    Settings = ConstrainedSettings
     needs_partition = True
     needs_base_ce = True
 
-    def __init__(self, weight: float = 1.0, eta: float = 5.0, eps: float = 0.0, beta: float = 0.1):
-        self.constraint = ImplicitConstraint(weight=weight, eta=eta, eps=eps, min_weight=weight)
-        self.npo = ForgetNPO(beta=beta)  # its per-token bounded negative term only
+    def setup(self):
+        self.constraint = ImplicitConstraint(weight=self.constraint_weight, eta=self.constraint_eta,
+                                             eps=self.constraint_eps, min_weight=self.constraint_weight)
         self._previous_pos_ce: float | None = None
-
-    @classmethod
-    def from_config(cls, cfg) -> Objective:
-        return cls(cfg.constraint_weight, cfg.constraint_eta, cfg.constraint_eps, beta=cfg.npo_beta)
 
     @property
     def weight(self) -> float:
+        """The dual weight w now."""
         return self.constraint.weight
 
     def __call__(self, ce: torch.Tensor, tokens: TokenBatch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         pos, neg = tokens.polarity == 1, tokens.polarity == -1
         has_pos, has_neg = bool(pos.any()), bool(neg.any())
         pos_ce = masked_mean(ce, pos)
-        neg_term = masked_mean(self.npo.negative_term(ce, tokens), neg)
+        neg_term = masked_mean(npo_loss(ce, tokens.base_ce, self.npo_beta), neg)
         if has_pos and torch.is_grad_enabled():
             current = pos_ce.item()
             if self._previous_pos_ce is not None and current > 0 and self._previous_pos_ce > 0:

@@ -7,24 +7,33 @@ position) get no gradient. The reference-free baseline a detector-based method h
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from forgetune.errors import ForgetuneError
 from forgetune.objectives import register
 from forgetune.objectives.base import Objective, masked_mean
+from forgetune.settings import Settings, option
+
+
+@dataclass
+class TruncationSettings(Settings):
+    truncation_fraction: float = option(
+        0.1, "Fraction of each batch's response tokens with the highest CE that get no gradient."
+    )
+
+    def validate(self):
+        if not 0.0 <= self.truncation_fraction < 1.0:
+            raise ForgetuneError(f"truncation_fraction must be in [0, 1), got {self.truncation_fraction}")
 
 
 @register("loss-truncation")
 class LossTruncation(Objective):
-    def __init__(self, fraction: float = 0.1):
-        self.fraction = fraction
-
-    @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.truncation_fraction)
+    Settings = TruncationSettings
 
     def __call__(self, ce, tokens, progress):
-        dropped = math.floor(self.fraction * ce.numel())
+        dropped = math.floor(self.truncation_fraction * ce.numel())
         keep = torch.ones_like(ce, dtype=torch.bool)
         if dropped:
             keep[torch.topk(ce.detach(), dropped).indices] = False

@@ -7,22 +7,27 @@ probability, so it cannot diverge. CE_base comes from the scoring stage and trav
 The term is unlearning's `npo` (`forgetune.unlearning.npo.npo_loss`) with every negative token its own sequence.
 """
 
+from dataclasses import dataclass
+
 from forgetune.objectives import register
-from forgetune.objectives.base import PositiveNegativeObjective
+from forgetune.objectives.base import PositiveNegativeObjective, PositiveNegativeSettings
+from forgetune.settings import at_least, option
 from forgetune.unlearning.npo import npo_loss
+
+
+@dataclass
+class NPOSettings(PositiveNegativeSettings):
+    npo_beta: float = option(0.1, "Inverse temperature of the NPO-style negative term.")
+
+    def validate(self):
+        super().validate()
+        at_least("npo_beta", self.npo_beta, strict=True)
 
 
 @register("forget-npo")
 class ForgetNPO(PositiveNegativeObjective):
+    Settings = NPOSettings
     needs_base_ce = True
 
-    def __init__(self, lambda_min=0.0, lambda_max=0.25, negative_mean="negatives", beta=0.1):
-        super().__init__(lambda_min, lambda_max, negative_mean)
-        self.beta = beta
-
-    @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.lambda_min, cfg.lambda_max, cfg.negative_mean, beta=cfg.npo_beta)
-
     def negative_term(self, ce, tokens):
-        return npo_loss(ce, tokens.base_ce, self.beta)
+        return npo_loss(ce, tokens.base_ce, self.npo_beta)

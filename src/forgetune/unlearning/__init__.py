@@ -7,7 +7,7 @@ with `writes_gradients`: `metrics = method.backward(parameters, ce, tokens, prog
 
     from forgetune import unlearning
     from forgetune.objectives import TokenBatch
-    method = unlearning.build("npo", beta=0.1, retain_weight=1.0)
+    method = unlearning.build("npo", beta=0.1, retain_weight=1.0)  # the settings each method's file declares
     loss, metrics = method(ce, TokenBatch(polarity=polarity, base_ce=base_ce, seq=row_of_each_token), 0.3)
 """
 
@@ -25,9 +25,10 @@ names = _registry.names
 get = _registry.get
 
 
-def build(name: str, **params: Any) -> Any:
-    """The method registered as `name`, constructed with `params` (each method's `__init__` lists them)."""
-    return _registry.get(name)(**params)
+def build(name: str, **settings: Any) -> Any:
+    """The method registered as `name` with its declared settings (its `Settings`; a wrapper also takes
+    `forget_loss` and that method's settings, and `parameters` where it `needs_parameters`)."""
+    return _registry.get(name)(**settings)
 
 
 _registry.load_all()

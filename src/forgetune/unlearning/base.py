@@ -10,11 +10,14 @@ means (GA, GradDiff) need nothing more.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from forgetune.errors import ForgetuneError
 from forgetune.objectives.base import Objective, TokenBatch
+from forgetune.settings import Settings, at_least, option
 
 
 def forget_sequences(ce: torch.Tensor, tokens: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +66,14 @@ def token_mean(nll: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     return nll.sum() / length.sum().clamp(min=1e-12)
 
 
+@dataclass
+class RetainSettings(Settings):
+    retain_weight: float = option(0.0, "Weight of the per-token retain NLL (0: none; open-unlearning's alpha).")
+
+    def validate(self) -> None:
+        at_least("retain_weight", self.retain_weight)
+
+
 class UnlearnMethod(Objective):
     """Forget term + `retain_weight` * per-token retain NLL.
 
@@ -70,11 +81,15 @@ class UnlearnMethod(Objective):
     `constrained` needs that, since it takes the forget term's log. GA's -NLL is not.
     """
 
+    kind = "unlearning method"
+    Settings = RetainSettings
     forget_is_positive: ClassVar[bool] = False
     exact_under_accumulation = True
 
-    def __init__(self, retain_weight: float = 0.0):
-        self.retain_weight = retain_weight
+    @property
+    def uses_retain(self) -> bool:
+        """Whether a batch needs retain tokens."""
+        return self.retain_weight != 0
 
     def forget_term(self, ce: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
         """Scalar to minimise on the forget tokens; minimising it must push their NLL up."""
@@ -93,3 +108,54 @@ class UnlearnMethod(Objective):
             metrics["retain_nll"] = retain_mean(ce, tokens).detach()
         metrics["loss"] = loss.detach()
         return loss, metrics
+
+
+class Wrapper(Objective):
+    """A method around another method's forget term: `forget_loss` names the inner method, built with the settings
+    the wrapper does not declare itself. `owns_retain`: the wrapper has its own retain term (the inner one's
+    retain_weight is 0 then, and the wrapper's `retain_weight` setting is its own)."""
+
+    kind = "unlearning method"
+    default_forget_loss: ClassVar[str] = "npo"
+    owns_retain: ClassVar[bool] = True
+
+    def __init__(self, forget_loss: str | None = None, **settings: Any):
+        inner, own, inner_settings = self._split(settings, forget_loss)
+        self.forget = inner(**inner_settings)
+        super().__init__(**own)
+
+    @classmethod
+    def _split(cls, settings: dict[str, Any], forget_loss: str | None) -> tuple[type, dict, dict]:
+        """(the inner method, the wrapper's own settings, the inner method's); a setting of neither is an error."""
+        from forgetune.unlearning import get
+
+        inner = get(forget_loss or cls.default_forget_loss)
+        own_names = {f.name for f in dataclasses.fields(cls.Settings)}
+        unknown = sorted(set(settings) - cls.setting_names(forget_loss=inner.name))
+        if unknown:
+            raise ForgetuneError(
+                f"unlearning method {cls.name} with forget loss {inner.name} has no setting {', '.join(unknown)} "
+                f"(its settings: {', '.join(sorted(cls.setting_names(forget_loss=inner.name)))})")
+        inner_settings = {k: v for k, v in settings.items() if k not in own_names}
+        if cls.owns_retain:
+            inner_settings["retain_weight"] = 0.0
+        return inner, {k: v for k, v in settings.items() if k in own_names}, inner_settings
+
+    @classmethod
+    def setting_names(cls, forget_loss: str | None = None, **context: Any) -> set[str]:
+        from forgetune.unlearning import get
+
+        inner = get(forget_loss or cls.default_forget_loss).setting_names()
+        return super().setting_names() | (inner - {"retain_weight"} if cls.owns_retain else inner)
+
+    @classmethod
+    def settings_for(cls, values: dict[str, Any], forget_loss: str | None = None, **context: Any) -> dict[str, Any]:
+        inner, own, inner_settings = cls._split(values, forget_loss)
+        checked = inner.settings_for(inner_settings)
+        if cls.owns_retain:
+            del checked["retain_weight"]
+        return checked | super().settings_for(own)
+
+    @property
+    def uses_retain(self) -> bool:
+        return self.owns_retain or self.forget.uses_retain

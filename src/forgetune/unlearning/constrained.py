@@ -24,13 +24,16 @@ alone, for callers that compute L_f and L_r themselves (that objective does).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from forgetune.objectives.base import Objective, TokenBatch
-from forgetune.unlearning import build, register
-from forgetune.unlearning.base import forget_mean, retain_mean
+from forgetune.errors import ForgetuneError
+from forgetune.objectives.base import TokenBatch
+from forgetune.settings import Settings, at_least, option
+from forgetune.unlearning import register
+from forgetune.unlearning.base import Wrapper, forget_mean, retain_mean
 
 
 class ImplicitConstraint:
@@ -77,28 +80,36 @@ class ImplicitConstraint:
         return self.weight
 
 
+@dataclass
+class ConstrainedSettings(Settings):
+    retain_weight: float = option(1.0, "Start value w0 of the retain term's dual weight w.")
+    eta: float = option(5.0, "Step size of the dual update of w (5: stable on the tests' 2-D toy problem; tune).")
+    eps: float = option(0.0, "Allowed rise of log retain loss per step before w grows (0: none).")
+    retain_floor: float = option(
+        0.0, "m_r in log(L_r - m_r). -1 makes it log(1 + L_r), for retain data the model already fits (L_r near 0, "
+        "where log L_r would scale the retain gradient by 1 / L_r and its per-batch noise would drive the dual weight)."
+    )
+    forget_floor: float = option(0.0, "m_f in log(L_f - m_f), below the forget loss (NPO and SimNPO are > 0).")
+    min_weight: float = option(0.0, "Floor of w in the dual step (0: the retain term may lose all its weight).")
+
+    def validate(self):
+        for name in ("retain_weight", "eta", "min_weight"):
+            at_least(name, getattr(self, name))
+
+
 @register("constrained")
-class ImplicitConstrained(ImplicitConstraint, Objective):
+class ImplicitConstrained(Wrapper, ImplicitConstraint):
     """`loss(L_f, L_r)` and `update(L_r_prev, L_r_new)` for a hand-written loop; `__call__(ce, tokens, progress)` for
     the trainer, which runs `update` itself with the previous call's retain loss (consecutive batches' retain NLL)."""
 
-    def __init__(
-        self,
-        forget: str = "npo",
-        weight: float = 1.0,
-        eta: float = 5.0,
-        eps: float = 0.0,
-        forget_floor: float = 0.0,
-        retain_floor: float = 0.0,
-        min_weight: float = 0.0,
-        **forget_params: Any,
-    ):
-        self.forget = build(forget, retain_weight=0.0, **forget_params)
-        if not getattr(self.forget, "forget_is_positive", False):
-            raise ValueError(
-                f"constrained takes log(L_f - m_f), so it needs a positive forget loss (npo, simnpo); {forget!r} is not"
-            )
-        super().__init__(weight, eta, eps, forget_floor, retain_floor, min_weight)
+    Settings = ConstrainedSettings
+
+    def setup(self):
+        if not self.forget.forget_is_positive:
+            raise ForgetuneError(f"constrained takes log(L_f - m_f), so it needs a positive forget loss (npo, "
+                                 f"simnpo); {self.forget.name!r} is not")
+        ImplicitConstraint.__init__(self, self.retain_weight, self.eta, self.eps, self.forget_floor,
+                                    self.retain_floor, self.min_weight)
         self._previous_retain: float | None = None
 
     def __call__(self, ce: torch.Tensor, tokens: TokenBatch,

@@ -7,8 +7,5 @@ from forgetune.unlearning.base import UnlearnMethod, forget_mean
 
 @register("ga")
 class GradientAscent(UnlearnMethod):
-    def __init__(self, retain_weight: float = 0.0):
-        super().__init__(retain_weight)
-
     def forget_term(self, ce, tokens):
         return -forget_mean(ce, tokens)

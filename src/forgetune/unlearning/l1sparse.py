@@ -9,14 +9,17 @@ unlearning.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from forgetune.objectives.base import Objective, TokenBatch
+from forgetune.objectives.base import TokenBatch
 from forgetune.schedules import linear_ramp
-from forgetune.unlearning import build, register
+from forgetune.settings import Settings, at_least, option
+from forgetune.unlearning import register
+from forgetune.unlearning.base import Wrapper
 
 
 def l1_penalty(
@@ -27,25 +30,35 @@ def l1_penalty(
     return alpha_t * sum((p - p0).abs().sum() for p, p0 in zip(parameters, initial, strict=True))
 
 
-@register("l1sparse")
-class L1Sparse(Objective):
-    """Wraps `inner` (built with `inner_params`); snapshots theta_0 = `parameters` at construction (a copy: memory)."""
+@dataclass
+class L1Settings(Settings):
+    alpha: float = option(
+        1e-4, "Start weight of the l1 penalty on theta - theta_0, decaying to 0 (Jia et al.'s range 5e-5..1e-4; "
+        "scale-dependent: it sums over every weight)."
+    )
 
-    def __init__(
-        self,
-        parameters: Iterable[torch.Tensor],
-        inner: str = "graddiff",
-        alpha: float = 1e-4,  # Jia et al.'s range is 5e-5..1e-4; scale-dependent, it sums over every weight
-        **inner_params: Any,
-    ):
-        self.inner = build(inner, **inner_params)
+    def validate(self):
+        at_least("alpha", self.alpha)
+
+
+@register("l1sparse")
+class L1Sparse(Wrapper):
+    """Wraps the forget loss (whole: its retain term included); snapshots theta_0 = `parameters` at construction (a
+    copy: memory)."""
+
+    Settings = L1Settings
+    default_forget_loss = "graddiff"
+    owns_retain = False
+    needs_parameters = True
+
+    def __init__(self, parameters: Iterable[torch.Tensor], forget_loss: str | None = None, **settings: Any):
+        super().__init__(forget_loss, **settings)
         self.parameters = [p for p in parameters if p.requires_grad]
         self.initial = [p.detach().clone() for p in self.parameters]
-        self.alpha = alpha
 
     def __call__(self, ce: torch.Tensor, tokens: TokenBatch,
                  progress: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss, metrics = self.inner(ce, tokens, progress)
+        loss, metrics = self.forget(ce, tokens, progress)
         penalty = l1_penalty(self.parameters, self.initial, progress, self.alpha)
         loss = loss + penalty
         return loss, metrics | {

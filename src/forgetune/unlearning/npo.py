@@ -10,12 +10,14 @@ unlike GA. Plus `retain_weight` times the per-token retain NLL.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from forgetune.settings import at_least, option
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod, forget_base_nll, forget_sequences, sequence_mean
+from forgetune.unlearning.base import RetainSettings, UnlearnMethod, forget_base_nll, forget_sequences, sequence_mean
 
 
 def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float,
@@ -24,15 +26,20 @@ def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float,
     return -(2.0 / beta) * reduce(F.logsigmoid(beta * (nll - ref_nll)))
 
 
+@dataclass
+class NPOSettings(RetainSettings):
+    beta: float = option(0.1, "Inverse temperature of NPO's log-sigmoid (the paper's 0.1).")
+    retain_weight: float = option(1.0, "Weight of the per-token retain NLL (0: none; open-unlearning's alpha).")
+
+    def validate(self):
+        super().validate()
+        at_least("beta", self.beta, strict=True)
+
+
 @register("npo")
 class NPO(UnlearnMethod):
+    Settings = NPOSettings
     forget_is_positive = True
-
-    def __init__(self, beta: float = 0.1, retain_weight: float = 1.0):  # beta 0.1: the paper's and the issue's
-        super().__init__(retain_weight)
-        if beta <= 0:
-            raise ValueError(f"npo beta must be > 0, got {beta}")
-        self.beta = beta
 
     def forget_term(self, ce, tokens):
         ref = forget_base_nll(ce, tokens, "npo")

@@ -6,21 +6,30 @@ w.r.t. NLL_theta is -(2 / |y|) * sigmoid(-beta * (NLL/|y| - delta)) < 0, so mini
 length normalisation stops long responses from dominating. Plus `retain_weight` times the per-token retain NLL.
 """
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
+from forgetune.settings import at_least, option
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod, forget_sequences, sequence_mean
+from forgetune.unlearning.base import RetainSettings, UnlearnMethod, forget_sequences, sequence_mean
+
+
+@dataclass
+class SimNPOSettings(RetainSettings):
+    beta: float = option(4.5, "Inverse temperature of SimNPO's log-sigmoid.")
+    delta: float = option(0.0, "Margin subtracted from the length-normalised NLL (gamma / beta in the paper).")
+    retain_weight: float = option(1.0, "Weight of the per-token retain NLL (0: none; open-unlearning's alpha).")
+
+    def validate(self):
+        super().validate()
+        at_least("beta", self.beta, strict=True)
 
 
 @register("simnpo")
 class SimNPO(UnlearnMethod):
+    Settings = SimNPOSettings
     forget_is_positive = True
-
-    def __init__(self, beta: float = 4.5, delta: float = 0.0, retain_weight: float = 1.0):  # the issue's defaults
-        super().__init__(retain_weight)
-        if beta <= 0:
-            raise ValueError(f"simnpo beta must be > 0, got {beta}")
-        self.beta, self.delta = beta, delta
 
     def forget_term(self, ce, tokens):
         nll, length = forget_sequences(ce, tokens)

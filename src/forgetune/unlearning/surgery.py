@@ -16,13 +16,15 @@ min ||d - g_f||^2 s.t. <d, g_r> >= -eps: the smallest change to g_f that meets t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from forgetune.objectives.base import Objective, TokenBatch
-from forgetune.unlearning import build, register
-from forgetune.unlearning.base import forget_mean, retain_mean
+from forgetune.objectives.base import TokenBatch
+from forgetune.settings import Settings, option
+from forgetune.unlearning import register
+from forgetune.unlearning.base import Wrapper, forget_mean, retain_mean
 
 TINY = 1e-12  # keeps lambda* finite when g_r = 0 (then d = g_f whatever lambda* is)
 
@@ -74,17 +76,21 @@ def apply_surgery(
     return {"lambda": lam.item(), "direction_norm": norm.item(), "grad_dot": _dot(g_f, g_r).item()}
 
 
+@dataclass
+class SurgerySettings(Settings):
+    eps: float = option(0.0, "Allowed first-order rise of the retain loss per unit learning rate (0: none).")
+    max_norm: float | None = option(1.0, "Clip the update direction to this norm (none: no clipping).")
+
+
 @register("constrained-surgery")
-class ConstrainedSurgery(Objective):
-    """An update rule, not a loss: `backward(parameters, ce, tokens, progress)` writes `.grad` from the `forget`
-    method's forget term and the per-token retain NLL. Any forget term works here (GA's -NLL included): nothing takes
-    its log."""
+class ConstrainedSurgery(Wrapper):
+    """An update rule, not a loss: `backward(parameters, ce, tokens, progress)` writes `.grad` from the forget loss's
+    forget term and the per-token retain NLL. Any forget term works here (GA's -NLL included): nothing takes its
+    log."""
 
+    Settings = SurgerySettings
+    default_forget_loss = "ga"
     writes_gradients = True
-
-    def __init__(self, forget: str = "ga", eps: float = 0.0, max_norm: float | None = 1.0, **forget_params: Any):
-        self.forget = build(forget, retain_weight=0.0, **forget_params)
-        self.eps, self.max_norm = eps, max_norm
 
     def backward(self, parameters: Iterable[torch.Tensor], ce: torch.Tensor, tokens: TokenBatch,
                  progress: float = 0.0) -> dict[str, Any]:

@@ -9,20 +9,29 @@ run away the way plain GA does; beta = 0 is GA. Plus `retain_weight` (open-unlea
 retain NLL.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from forgetune.objectives.base import masked_mean
+from forgetune.settings import at_least, option
 from forgetune.unlearning import register
-from forgetune.unlearning.base import UnlearnMethod
+from forgetune.unlearning.base import RetainSettings, UnlearnMethod
+
+
+@dataclass
+class WGASettings(RetainSettings):  # open-unlearning's defaults (beta, alpha)
+    beta: float = option(1.0, "Exponent of the token weight p^beta (0: plain gradient ascent).")
+    retain_weight: float = option(1.0, "Weight of the per-token retain NLL (0: none; open-unlearning's alpha).")
+
+    def validate(self):
+        super().validate()
+        at_least("beta", self.beta)
 
 
 @register("wga")
 class WGA(UnlearnMethod):
-    def __init__(self, beta: float = 1.0, retain_weight: float = 1.0):  # open-unlearning's defaults (beta, alpha)
-        super().__init__(retain_weight)
-        if beta < 0:
-            raise ValueError(f"wga beta must be >= 0, got {beta}")
-        self.beta = beta
+    Settings = WGASettings
 
     def forget_term(self, ce, tokens):
         forget = tokens.polarity == -1
