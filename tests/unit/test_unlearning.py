@@ -403,3 +403,22 @@ def test_wga_weighs_each_forget_tokens_ascent_by_its_probability_to_the_beta():
     assert ga_like.item() == pytest.approx(unlearning.build("ga")(*tokens([[LN2], [2 * LN2]]))[0].item())
     with pytest.raises(ForgetuneError, match="beta must be a finite number >= 0"):
         unlearning.build("wga", beta=-1.0)
+
+
+def test_satimp_weighs_each_forget_tokens_ascent_by_saturation_times_importance():
+    """CE = [ln 2, ln 4] -> p = [1/2, 1/4]. Defaults beta1 5, beta2 1: weights p^5 (1 - p) = [1/64, 3/4096] (constants)
+    -> L_f = -(1/64 ln 2 + 3/4096 ln 4) / 2 = -(35/4096) ln 2; d L_f / d ce_i = -w_i / 2 = [-1/128, -3/8192]. The
+    retain token (ce 1.5) adds 0.1 * 1.5 and gets gradient 0.1. beta1 = beta2 = 1: weights p (1 - p) = [1/4, 3/16] ->
+    -(1/4 ln 2 + 3/16 ln 4) / 2 = -(5/16) ln 2. beta2 = 0 is WGA with beta = beta1."""
+    ce, batch = tokens([[LN2], [2 * LN2]], [[1.5]], grad=True)
+    loss, metrics = unlearning.build("satimp")(ce, batch)
+    assert metrics["forget_term"] == pytest.approx(-35 / 4096 * LN2)
+    assert loss.item() == pytest.approx(-35 / 4096 * LN2 + 0.15)
+    assert grad_of(loss, ce) == pytest.approx([-1 / 128, -3 / 8192, 0.1])
+    both_one = unlearning.build("satimp", beta1=1.0, beta2=1.0, retain_weight=0.0)(*tokens([[LN2], [2 * LN2]]))[0]
+    assert both_one.item() == pytest.approx(-5 / 16 * LN2)
+    no_importance = unlearning.build("satimp", beta1=2.0, beta2=0.0, retain_weight=0.0)(*tokens([[LN2], [2 * LN2]]))
+    wga = unlearning.build("wga", beta=2.0, retain_weight=0.0)(*tokens([[LN2], [2 * LN2]]))
+    assert no_importance[0].item() == pytest.approx(wga[0].item())
+    with pytest.raises(ForgetuneError, match="beta2 must be a finite number >= 0"):
+        unlearning.build("satimp", beta2=-1.0)
