@@ -191,6 +191,7 @@ def setup_logging(quiet: bool, verbose: bool = False) -> None:
 
 def execute(command: str, cfg) -> None:
     from forgetune import pipeline
+    from forgetune.rundir import format_info
 
     run = pipeline.open_run(cfg, save_config=command != "generate")
     if command == "demo":
@@ -208,7 +209,7 @@ def execute(command: str, cfg) -> None:
             print(f"  trained: {row['answer']}")
     else:
         info = getattr(pipeline, command)(run)
-        print(f"{command}: {pipeline.format_info(info)}")
+        print(f"{command}: {format_info(info)}")
 
 
 # The CLI (not the library: importing it changes nothing in the caller's process) runs offline unless the user says
@@ -265,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = UNLEARN_DEFAULTS
         cfg = resolve(yaml_path, args, base)
         if command == "unlearn":
-            from forgetune.pipeline import format_info
+            from forgetune.rundir import format_info
             from forgetune.unlearn import run_unlearn
 
             info = run_unlearn(cfg)

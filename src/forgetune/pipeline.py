@@ -27,7 +27,6 @@ from forgetune.data.formats import Example, load_examples, load_records
 from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
-    DONE_MARKER,
     atomic_path,
     fingerprint_path,
     hash_obj,
@@ -50,7 +49,7 @@ from forgetune.models import (
     save_model,
 )
 from forgetune.processes import process_state
-from forgetune.rundir import RECORDED_STAGES, STAGES, RunDir
+from forgetune.rundir import RECORDED_STAGES, STAGES, RunDir, format_info
 from forgetune.scoring.partition import IGNORED, NEGATIVE, POSITIVE, example_polarity, partition_polarity
 from forgetune.scoring.scorer import example_offsets, token_ce
 from forgetune.trainer import AnswerCheck, fit
@@ -160,38 +159,6 @@ def reopen(run_dir: Path) -> Run:
     return open_run(cfg, save_config=False)
 
 
-def _finish(run: Run, stage: str, key: str, started: float, **info: Any) -> dict[str, Any]:
-    """Record a finished stage (the main process writes); every process waits for the record before going on."""
-    info = {"seconds": round(time.time() - started, 2), **info}
-    state = process_state()
-    if state.is_main_process:
-        mark_done(run.stage_dir(stage), key, **info)
-        run.layout.write_summary(run.data_counts)
-    state.wait_for_everyone()
-    log.info("%s: done in %.1f s%s", stage, info["seconds"],
-             f" ({format_info(info, skip=('seconds',))})" if len(info) > 1 else "")
-    return info
-
-
-def format_info(info: dict[str, Any], skip: tuple[str, ...] = ("key",)) -> str:
-    """A stage record as `k=v, ...`, floats to 4 significant digits (the full values stay in summary.json)."""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k not in skip)
-
-
-def _skip(run: Run, stage: str, key: str, redo: bool = False) -> dict[str, Any] | None:
-    """The stage's record when it is up to date (and not to be redone), else None after logging its start."""
-    stage_dir, state = run.stage_dir(stage), process_state()
-    done = stage_done(stage_dir, key) and not redo
-    state.wait_for_everyone()  # every process has decided before the main one touches the marker
-    if done:
-        log.info("%s: up to date, skipped", stage)
-        return read_json(stage_dir / DONE_MARKER)
-    log.info("%s: starting", stage)
-    if state.is_main_process:
-        (stage_dir / DONE_MARKER).unlink(missing_ok=True)  # about to overwrite: never leave an old claim behind
-    return None
-
-
 # ---------------------------------------------------------------------------------------------------------------- #
 # reference
 
@@ -237,7 +204,7 @@ def reference(run: Run) -> dict[str, Any]:
     redo = references_deleted(run) and not stage_done(run.stage_dir("score"), run.score_key())
     if redo:
         log.info("reference: its models were deleted after scoring and the scores are to be recomputed: retraining")
-    if (done := _skip(run, "reference", key, redo)) is not None:
+    if (done := run.layout.begin("reference", key, redo)) is not None:
         return done
     started, stage_dir = time.time(), run.stage_dir("reference")
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +236,7 @@ def reference(run: Run) -> dict[str, Any]:
         state.wait_for_everyone()
     if process_state().is_main_process:
         write_json(stage_dir / "plan.json", plan)
-    return _finish(run, "reference", key, started, references=len(plan),
+    return run.layout.finish("reference", key, started, run.data_counts, references=len(plan),
                    mode=reference_mode(run.cfg, len(plan)))
 
 
@@ -295,7 +262,7 @@ def reference_model_dir(run: Run, k: int) -> Path:
 def score(run: Run) -> dict[str, Any]:
     """CE of the base and of the reference on every response token; score = CE_base - CE_ref."""
     key = run.score_key()
-    if (done := _skip(run, "score", key)) is not None:
+    if (done := run.layout.begin("score", key)) is not None:
         return done
     ref_dir = run.stage_dir("reference")
     if not stage_done(ref_dir, run.reference_key()):
@@ -338,7 +305,7 @@ def score(run: Run) -> dict[str, Any]:
             write_json(tmp / "ids.json", [ex.id for ex in run.examples])
         stats = {"tokens": int(scores.size), "mean_score": float(scores.mean()),
                  "mean_ce_base": float(ce_base.mean()), "mean_ce_ref": float(ce_ref.mean())}
-    info = _finish(run, "score", key, started, **stats)
+    info = run.layout.finish("score", key, started, run.data_counts, **stats)
     if not cfg.reference.keep_references and main:
         _delete_references(ref_dir)
     return info
@@ -392,14 +359,14 @@ def ranked_values(run: Run) -> np.ndarray:
 def partition(run: Run) -> dict[str, Any]:
     """Rank the scored tokens and label each +1 (learn), -1 (forget) or 0 (ignore)."""
     key = run.partition_key()
-    if (done := _skip(run, "partition", key)) is not None:
+    if (done := run.layout.begin("partition", key)) is not None:
         return done
     if not stage_done(run.stage_dir("score"), run.score_key()):
         raise ForgetuneError(f"{run.stage_dir('score')}: no up-to-date scores; run `forgetune score` first")
     started, p = time.time(), run.cfg.partition
     log.info("partition: %s", ranking_in_force(run.cfg))
     if not process_state().is_main_process:  # one process ranks and writes; the others wait for its record
-        return _finish(run, "partition", key, started)
+        return run.layout.finish("partition", key, started, run.data_counts)
     values = ranked_values(run)
     offsets = example_offsets(run.examples)
     if p.rank_by == "labels":
@@ -421,7 +388,7 @@ def partition(run: Run) -> dict[str, Any]:
         "negative": int((polarity == NEGATIVE).sum()),
         "ignored": int((polarity == IGNORED).sum()),
     }
-    return _finish(run, "partition", key, started, ranked_by=p.rank_by, **counts)
+    return run.layout.finish("partition", key, started, run.data_counts, ranked_by=p.rank_by, **counts)
 
 
 RANKINGS = {
@@ -480,7 +447,7 @@ def answer_check(run: Run) -> AnswerCheck | None:
 def train(run: Run) -> dict[str, Any]:
     """Fine-tune from the base with the configured objective; save an HF model dir at RUN/model."""
     key = run.train_key()
-    if (done := _skip(run, "train", key)) is not None:
+    if (done := run.layout.begin("train", key)) is not None:
         return done
     started, cfg = time.time(), run.cfg
     objective = run.objective()
@@ -511,7 +478,7 @@ def train(run: Run) -> dict[str, Any]:
     if matches:
         final.update(eval_exact_match=matches[-1])
     end = next((h for h in history if "train_runtime" in h), {})  # Trainer's closing record: the real step count
-    return _finish(run, "train", key, started, objective=objective.name, steps=end.get("step"),
+    return run.layout.finish("train", key, started, run.data_counts, objective=objective.name, steps=end.get("step"),
                    train_runtime=end.get("train_runtime"), **final)
 
 

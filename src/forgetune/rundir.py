@@ -20,11 +20,15 @@ Layout::
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgetune.io import DONE_MARKER, read_json, write_json
+from forgetune.io import DONE_MARKER, mark_done, read_json, stage_done, write_json
+
+log = logging.getLogger(__name__)
 
 STAGES = ("reference", "score", "partition", "train")  # forgetune run's, in order
 RECORDED_STAGES = (*STAGES, "unlearn")  # every stage whose record summary.json holds
@@ -94,3 +98,40 @@ class RunDir:
                 summary["stages"][stage] = info
         write_json(self.summary, summary)
         return summary
+
+    def begin(self, stage: str, key: str, redo: bool = False) -> dict[str, Any] | None:
+        """The stage's record when it is up to date under `key` (and not to be redone), else None after logging its
+        start and removing its old record: an interrupted stage never leaves a claim of being done behind."""
+        from forgetune.processes import process_state
+
+        marker, state = self.stage(stage) / DONE_MARKER, process_state()
+        done = stage_done(self.stage(stage), key) and not redo
+        state.wait_for_everyone()  # every process has decided before the main one touches the marker
+        if done:
+            log.info("%s: up to date, skipped", stage)
+            return read_json(marker)
+        log.info("%s: starting", stage)
+        if state.is_main_process:
+            marker.unlink(missing_ok=True)
+        return None
+
+    def finish(self, stage: str, key: str, started: float, data_counts: dict[str, int],
+               **info: Any) -> dict[str, Any]:
+        """Record a finished stage and refresh summary.json (the main process writes); every process waits for the
+        record before going on."""
+        from forgetune.processes import process_state
+
+        info = {"seconds": round(time.time() - started, 2), **info}
+        state = process_state()
+        if state.is_main_process:
+            mark_done(self.stage(stage), key, **info)
+            self.write_summary(data_counts)
+        state.wait_for_everyone()
+        log.info("%s: done in %.1f s%s", stage, info["seconds"],
+                 f" ({format_info(info, skip=('seconds',))})" if len(info) > 1 else "")
+        return info
+
+
+def format_info(info: dict[str, Any], skip: tuple[str, ...] = ("key",)) -> str:
+    """A stage record as `k=v, ...`, floats to 4 significant digits (the full values stay in summary.json)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k not in skip)

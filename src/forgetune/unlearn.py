@@ -39,12 +39,8 @@ from forgetune.data.formats import Example, load_examples
 from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
-    DONE_MARKER,
     fingerprint_path,
     hash_obj,
-    mark_done,
-    read_json,
-    stage_done,
     write_json,
     write_text,
 )
@@ -217,9 +213,8 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
     stage_dir = out.stage("unlearn")
     model_path = resolve_model_path(cfg.model.model)
     key = unlearn_key(cfg, model_path)
-    if stage_done(stage_dir, key) and out.model.is_dir():
-        log.info("unlearn: %s is up to date, skipped", out.path)
-        return read_json(stage_dir / DONE_MARKER)
+    if (done := out.begin("unlearn", key, redo=not out.model.is_dir())) is not None:
+        return done
     started = time.time()
     state = process_state()
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
@@ -250,7 +245,6 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
                                   unlearn_features(retain) if retain and method.uses_retain else None)
     if state.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / DONE_MARKER).unlink(missing_ok=True)
         write_text(out.config, dump_yaml(cfg))
     log.info("unlearn: %s on %d forget examples (%d forget tokens of %d)%s", u.method, len(forget),
              int(weights.sum()), len(weights), f", {len(retain)} retain examples" if retain else "")
@@ -263,14 +257,10 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
     )
     steps = [h for h in history if "loss" in h]
     last = steps[-1] if steps else {}
-    info = {"method": u.method, "seconds": round(time.time() - started, 2), "steps": last.get("step"),
-            "forget_tokens": int(weights.sum()),
-            **{k: last[k] for k in ("forget_nll", "retain_nll", "forget_term") if k in last},
-            **(stop.summary() if stop else {})}
     if state.is_main_process:
         save_model(model, tokenizer, out.model, cfg.model.merge_lora, weights=full_weights)
         write_json(out.log_history("unlearn"), history + (stop.checks if stop else []))
-        mark_done(stage_dir, key, **info)
-        out.write_summary(counts)
-    state.wait_for_everyone()
-    return info
+    return out.finish("unlearn", key, started, counts, method=u.method, steps=last.get("step"),
+                      forget_tokens=int(weights.sum()),
+                      **{k: last[k] for k in ("forget_nll", "retain_nll", "forget_term") if k in last},
+                      **(stop.summary() if stop else {}))

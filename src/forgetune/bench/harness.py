@@ -1,10 +1,14 @@
-"""The benchmark harness both benches share (noisy SFT, unlearning): resume from an earlier bench's rows, mean and
-sample std over seeds, paired differences with their 95 % intervals, and the tables (markdown, CSV, JSON)."""
+"""The benchmark harness both benches share (noisy SFT, unlearning): the seeds x methods loop with resume from an
+earlier bench's rows, mean and sample std over seeds, paired differences with their 95 % intervals, and the tables
+(markdown, CSV, JSON). A benchmark supplies its data, how to run and grade one method, and its outputs."""
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,8 @@ import numpy as np
 from forgetune.errors import ForgetuneError
 from forgetune.io import read_json, write_json, write_text
 from forgetune.metrics.paired import mean_std, paired_difference
+
+log = logging.getLogger(__name__)
 
 # Options that do not change a (seed, method) result: a bench rerun with other values reuses the finished rows.
 _NOT_IN_RESULT = ("seeds", "methods", "results")
@@ -32,6 +38,33 @@ def finished_rows(cfg: Any, root: Path) -> list[dict[str, Any]]:
         raise ForgetuneError(f"{root / 'results.json'} holds a bench with other settings ({'; '.join(differ)}); "
                              "pass --results DIR for a new one, or remove that folder")
     return earlier["runs"]
+
+
+# prepare(seed, todo) -> run(method) -> the method's metrics: a seed's data and shared models are made once, and only
+# when one of its methods is left to run.
+Prepare = Callable[[int, list[str]], Callable[[str], dict[str, Any]]]
+
+
+def run_grid(cfg: Any, root: Path, methods: list[str], prepare: Prepare,
+             write: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """Every (seed, method) of `cfg.seeds` x `methods` not in the folder's results.json yet, in order: one row each
+    (method, seed, seconds, then the metrics `run` returns, whose own `seconds` win), written by `write` after every
+    method so an interrupted bench keeps what it finished and a rerun resumes."""
+    rows = finished_rows(cfg, root)
+    for seed in range(cfg.seeds):
+        done = {r["method"] for r in rows if r["seed"] == seed}
+        todo = [m for m in methods if m not in done]
+        if not todo:
+            log.info("[%s] seed %d: every method already in results.json", cfg.name, seed)
+            continue
+        run = prepare(seed, todo)
+        for method in todo:
+            started = time.time()
+            log.info("[%s] seed %d: %s", cfg.name, seed, method)
+            metrics = run(method)
+            rows.append({"method": method, "seed": seed, "seconds": round(time.time() - started, 1), **metrics})
+            write(rows)
+    return rows
 
 
 def summarise(rows: list[dict[str, Any]], methods: list[str], metrics: tuple[str, ...],

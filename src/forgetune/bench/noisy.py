@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import yaml
 
 from forgetune import pipeline
 from forgetune.bench.data import BENCHMARKS, build_benchmark, spec
-from forgetune.bench.harness import finished_rows, versus, write_tables
+from forgetune.bench.harness import run_grid, versus, write_tables
 from forgetune.bench.targets import targets_markdown
 from forgetune.config import RunConfig, apply_overrides, option, resolve
 from forgetune.errors import ForgetuneError
@@ -162,45 +161,43 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     if cfg.eval_split not in ("test", "dev"):
         raise ForgetuneError(f"unknown --eval-split {cfg.eval_split!r}; choose test or dev")
     root = Path(cfg.results) / cfg.name
-    rows = finished_rows(cfg, root)
-    for seed in range(cfg.seeds):
+
+    def prepare(seed: int, todo: list[str]):
         files = build_benchmark(cfg, seed, root / "data" / f"seed{seed}")
-        for method in methods:
-            run_dir = root / "runs" / f"seed{seed}" / method
-            if any(r["seed"] == seed and r["method"] == method for r in rows):
-                log.info("[%s] seed %d: %s already in results.json", cfg.name, seed, method)
-                continue
-            started = time.time()
-            log.info("[%s] seed %d: %s", cfg.name, seed, method)
-            eval_cfg = EvalConfig(data=str(files[cfg.eval_split]), extract=files["extract"], samples=cfg.samples,
-                                  diversity_prompts=cfg.diversity_prompts, seed=seed, sampled=cfg.sampled,
-                                  sampled_prompts=cfg.sampled_prompts, batch_size=cfg.eval_batch_size,
-                                  max_new_tokens=cfg.max_new_tokens,
-                                  lm_eval_tasks=files.get("lm_eval_tasks"),
-                                  lm_eval_include=str(files["lm_eval_include"]) if "lm_eval_include" in files else None)
-            if flags_of[method] is None:
-                base_dir = pipeline.resolve_model_path(cfg.model)
-                eval_cfg.target, eval_cfg.report = str(base_dir), str(RunDir(run_dir).eval_report)
-            else:
-                settings = dict(flags_of[method])
-                flags = {"model": cfg.model, "data": str(files[settings.pop("data", "train")]),
-                         "output": str(run_dir), "seed": seed, "epochs": cfg.epochs, "reference_epochs": cfg.epochs,
-                         "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps,
-                         **settings}
-                if cfg.trusted:  # every reference is the trusted set's (the paper's setting)
-                    flags.update(reference_data=str(files["trusted"]), reference_epochs=cfg.trusted_epochs)
-                run = pipeline.open_run(resolve(flags=flags))
-                _donate(run, sorted(d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir))
-                pipeline.run_all(run)
-                eval_cfg.target = str(run_dir)
-            results = evaluate(eval_cfg)
-            if "lm_eval_tasks" in files:
-                results["mc_acc"] = results["lm_eval"][files["lm_eval_tasks"]]["acc"]
-            rows.append({"method": method, "seed": seed, "seconds": round(time.time() - started, 1),
-                         **{k: results.get(k) for k in METRICS}, "hits": results.get("hits")})
-            log.info("[%s] seed %d: %s %s %.3f", cfg.name, seed, method, bench.headline, rows[-1][bench.headline])
-            write_outputs(cfg, root, rows, methods)  # after every method: an interrupted bench keeps its results
-    return rows
+        return lambda method: run_method(cfg, bench, files, root / "runs" / f"seed{seed}", seed, method,
+                                         flags_of[method])
+
+    return run_grid(cfg, root, methods, prepare, lambda rows: write_outputs(cfg, root, rows, methods))
+
+
+def run_method(cfg: BenchConfig, bench: Any, files: dict[str, Any], runs: Path, seed: int, method: str,
+               flags: dict[str, Any] | None) -> dict[str, Any]:
+    """Train one method of one seed (`flags` None: the base model as it is) and grade it on the eval split."""
+    run_dir = runs / method
+    eval_cfg = EvalConfig(data=str(files[cfg.eval_split]), extract=files["extract"], samples=cfg.samples,
+                          diversity_prompts=cfg.diversity_prompts, seed=seed, sampled=cfg.sampled,
+                          sampled_prompts=cfg.sampled_prompts, batch_size=cfg.eval_batch_size,
+                          max_new_tokens=cfg.max_new_tokens, lm_eval_tasks=files.get("lm_eval_tasks"),
+                          lm_eval_include=str(files["lm_eval_include"]) if "lm_eval_include" in files else None)
+    if flags is None:
+        base_dir = pipeline.resolve_model_path(cfg.model)
+        eval_cfg.target, eval_cfg.report = str(base_dir), str(RunDir(run_dir).eval_report)
+    else:
+        settings = dict(flags)
+        flags = {"model": cfg.model, "data": str(files[settings.pop("data", "train")]), "output": str(run_dir),
+                 "seed": seed, "epochs": cfg.epochs, "reference_epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                 "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, **settings}
+        if cfg.trusted:  # every reference is the trusted set's (the paper's setting)
+            flags.update(reference_data=str(files["trusted"]), reference_epochs=cfg.trusted_epochs)
+        run = pipeline.open_run(resolve(flags=flags))
+        _donate(run, sorted(d for d in runs.iterdir() if d.is_dir() and d != run_dir))
+        pipeline.run_all(run)
+        eval_cfg.target = str(run_dir)
+    results = evaluate(eval_cfg)
+    if "lm_eval_tasks" in files:
+        results["mc_acc"] = results["lm_eval"][files["lm_eval_tasks"]]["acc"]
+    log.info("[%s] seed %d: %s %s %.3f", cfg.name, seed, method, bench.headline, results[bench.headline])
+    return {**{k: results.get(k) for k in METRICS}, "hits": results.get("hits")}
 
 
 def write_outputs(cfg: BenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:

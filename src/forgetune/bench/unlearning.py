@@ -31,7 +31,7 @@ import numpy as np
 from forgetune import pipeline
 from forgetune.bench.data.facts import RELATIONS, load_facts
 from forgetune.bench.data.people import make_people
-from forgetune.bench.harness import finished_rows, write_tables
+from forgetune.bench.harness import run_grid, write_tables
 from forgetune.config import option, resolve
 from forgetune.errors import ForgetuneError
 from forgetune.io import atomic_path, write_text
@@ -168,46 +168,40 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
     if unknown:
         raise ForgetuneError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     root = Path(cfg.results) / cfg.name
-    rows = finished_rows(cfg, root)
-    for seed in range(cfg.seeds):
-        if {(seed, m) for m in [*REFERENCE_ROWS, *methods]} <= {(r["seed"], r["method"]) for r in rows}:
-            log.info("[unlearn] seed %d: every row already in results.json", seed)
-            continue
+
+    def prepare(seed: int, todo: list[str]):
         files = build_data(cfg, seed, root / "data" / f"seed{seed}")
         runs = root / "runs" / f"seed{seed}"
         grader = Grader(cfg, files)
         finetuned = finetune(cfg, files["train"], runs / "finetuned", seed)
         retain_only = finetune(cfg, files["retain"], runs / "retain-only", seed)
-        # retain-only first: it sets the never-seen losses that forget quality compares with
-        plan = [("retain-only", retain_only, None), ("base", resolve_model_path(cfg.model), None),
-                ("finetuned", finetuned, None)] + [(m, RunDir(runs / m).model, m) for m in methods]
-        for name, model_dir, method in plan:
-            done = next((r for r in rows if r["seed"] == seed and r["method"] == name), None)
-            if done is not None and name != "retain-only":
-                log.info("[unlearn] seed %d: %s already in results.json", seed, name)
-                continue
+        if "retain-only" not in todo:  # graded before: again only for the never-seen losses forget quality reads
+            grader.grade(retain_only, never_seen=True)
+        models = {"retain-only": retain_only, "base": resolve_model_path(cfg.model), "finetuned": finetuned}
+
+        def run(name: str) -> dict[str, Any]:
             seconds = steps = None
-            if method is not None:
+            if name not in models:
                 flags = {"model": str(finetuned), "forget": str(files["forget"]), "retain": str(files["retain"]),
-                         "output": str(runs / method), "seed": seed, "learning_rate": cfg.unlearn_lr,
+                         "output": str(runs / name), "seed": seed, "learning_rate": cfg.unlearn_lr,
                          "epochs": cfg.unlearn_epochs, "batch_size": cfg.unlearn_batch_size,
-                         "max_steps": cfg.max_steps, **METHODS[method]}
+                         "max_steps": cfg.max_steps, **METHODS[name]}
                 if flags.get("tokens") == "scored":
                     flags["token_reference"] = str(retain_only)
                 if flags.get("holdout") == CALIBRATION:
                     flags["holdout"] = str(files[CALIBRATION])
                 info = run_unlearn(unlearn_config(flags))
                 seconds, steps = info["seconds"], info["steps"]
-            if done is not None:  # retain-only is graded again only to restore the never-seen losses
-                grader.grade(model_dir, never_seen=True)
-                continue
-            log.info("[unlearn] seed %d: grading %s", seed, name)
-            rows.append({"method": name, "seed": seed, **grader.grade(model_dir, never_seen=name == "retain-only"),
-                         "seconds": seconds, "steps": steps})
-            log.info("[unlearn] seed %d: %s forget_acc %.3f retain_acc %.3f", seed, name, rows[-1]["forget_acc"],
-                     rows[-1]["retain_acc"])
-            write_outputs(cfg, root, rows, [*REFERENCE_ROWS, *METHODS])
-    return rows
+            row = grader.grade(models.get(name, RunDir(runs / name).model), never_seen=name == "retain-only")
+            log.info("[unlearn] seed %d: %s forget_acc %.3f retain_acc %.3f", seed, name, row["forget_acc"],
+                     row["retain_acc"])
+            return {**row, "seconds": seconds, "steps": steps}
+
+        return run
+
+    # retain-only first: it sets the never-seen losses that forget quality compares with
+    return run_grid(cfg, root, ["retain-only", "base", "finetuned", *methods], prepare,
+                    lambda rows: write_outputs(cfg, root, rows, [*REFERENCE_ROWS, *METHODS]))
 
 
 def write_outputs(cfg: UnlearnBenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:

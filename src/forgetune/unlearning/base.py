@@ -130,12 +130,11 @@ class Wrapper(Objective):
         from forgetune.unlearning import get
 
         inner = get(forget_loss or cls.default_forget_loss)
-        own_names = {f.name for f in dataclasses.fields(cls.Settings)}
-        unknown = sorted(set(settings) - cls.setting_names(forget_loss=inner.name))
+        own_names, accepted = {f.name for f in dataclasses.fields(cls.Settings)}, cls.setting_names(inner.name)
+        unknown = sorted(set(settings) - accepted)
         if unknown:
-            raise ForgetuneError(
-                f"unlearning method {cls.name} with forget loss {inner.name} has no setting {', '.join(unknown)} "
-                f"(its settings: {', '.join(sorted(cls.setting_names(forget_loss=inner.name)))})")
+            raise ForgetuneError(f"unlearning method {cls.name} with forget loss {inner.name} has no setting "
+                                 f"{', '.join(unknown)} (its settings: {', '.join(sorted(accepted))})")
         inner_settings = {k: v for k, v in settings.items() if k not in own_names}
         if cls.owns_retain:
             inner_settings["retain_weight"] = 0.0
