@@ -355,7 +355,8 @@ def loss_setting_index(section: str) -> dict[str, FieldInfo]:
         text = "; ".join(f"[{', '.join(names)}] {help_text}" for help_text, names in helps.items()) + "."
         default = entries[0][1].default if len(defaults) == 1 else "; ".join(
             f"{value} for {', '.join(names)}" for value, names in defaults.items())
-        index[key] = FieldInfo(section, key, entries[0][1].type, default, text, holder)
+        index[key] = FieldInfo(section, key, entries[0][1].type, default, text, holder,
+                               any(info.optional for _, info in entries))
     return index
 
 
@@ -368,6 +369,9 @@ def settle_loss_settings(cfg: RunConfig, given: Collection[str] | None = None) -
         cls = registry.get(getattr(values, loss_field))
         context = {"forget_loss": values.forget_loss} if section == "unlearn" else {}
         settings, accepted = dict(getattr(values, holder)), cls.setting_names(**context)
+        if given is not None:  # a lower layer's None for a setting that takes none: an earlier version's "default"
+            index = loss_setting_index(section)
+            settings = {k: v for k, v in settings.items() if k in given or v is not None or index[k].optional}
         for key in sorted(set(settings) - accepted):
             if given is not None and key not in given:
                 del settings[key]
@@ -562,7 +566,9 @@ def resolve(yaml_path: str | Path | None = None, flags: dict[str, Any] | None = 
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    return apply_overrides(RunConfig(), data, "saved config").validate()
+    """A run's saved config.yaml. Earlier versions saved every loss's settings, not the chosen one's alone: the
+    others are dropped, as a preset's would be."""
+    return apply_overrides(RunConfig(), data, "saved config").validate(given=())
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -30,6 +30,7 @@ class FieldInfo:
     default: Any
     help: str
     holder: str | None = None  # a loss's setting: the section field that holds it (objective_args, method_args)
+    optional: bool = False  # None is a value of it (`float | None`)
 
 
 def field_infos(cls: type, section: str | None, holder: str | None = None) -> list[FieldInfo]:
@@ -38,11 +39,12 @@ def field_infos(cls: type, section: str | None, holder: str | None = None) -> li
     infos = []
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        optional = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        if optional:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if typing.get_origin(hint) is dict or hint is dict:
             continue
-        infos.append(FieldInfo(section, f.name, hint, f.default, f.metadata.get("help", ""), holder))
+        infos.append(FieldInfo(section, f.name, hint, f.default, f.metadata.get("help", ""), holder, optional))
     return infos
 
 

@@ -495,16 +495,24 @@ def test_bench_targets_are_computed_from_the_rows_and_can_fail():
     # default wins 4 of 10 items over sft on each seed; filter ties default; off-slice cost 0.1
     rows = [r for seed in range(3) for r in (row("sft", seed, "0000011111"), row("default", seed, "1111011111", 0.8),
                                              row("filter", seed, "1111011111"))]
-    table = summarise(rows, ["sft", "default", "filter"], METRICS)
-    text = targets_markdown("arith", rows, table, versus)
-    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+
+    def lines_of(rows, default_methods):
+        text = targets_markdown("arith", rows, summarise(rows, ["sft", "default", "filter"], METRICS), versus,
+                                default_methods)
+        return {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+
+    lines = lines_of(rows, ("sft", "default", "filter"))
     assert "**met**" in lines["default >= +5 exact-match points over sft, interval above 0"]
     assert "+40.0 points" in lines["default >= +5 exact-match points over sft, interval above 0"]
     assert "missed" in lines["default above filter (mean)"]  # a tie is not a win
     assert "n/a" in lines["default above sft-trusted (mean)"]  # not run: cannot be judged
     assert "missed" in lines["off-slice cost <= 2 points"]
     assert "missed" in lines[">= 3 seeds and >= 400 test items"]  # 10 items
-    assert "**met**" in lines["one seed of the default methods <= 30 min on this machine"]
+    timing = "one seed of the default methods <= 30 min on this machine"
+    assert "**met**" in lines[timing]  # 3 x 60 s
+    assert "missed" in lines_of([{**r, "seconds": 700.0} for r in rows], ("sft", "default", "filter"))[timing]
+    # a bench of some of the default methods cannot tell the default bench's time
+    assert "n/a" in lines_of(rows, ("sft", "default", "filter", "clean-sft"))[timing]
 
 
 def test_generate_eval_and_report_read_a_run_and_never_rewrite_its_config(tiny_model_dir, arith_jsonl, tmp_path,

@@ -566,3 +566,14 @@ def test_every_registered_losss_settings_are_flags_of_its_section_naming_it():
             for f in dataclasses.fields(registry.get(name).Settings):
                 readers = re.findall(r"\[([^\]]*)\]", index[f.name].help)
                 assert index[f.name].section == section and any(name in r.split(", ") for r in readers), f.name
+
+
+def test_a_config_saved_by_an_earlier_version_with_every_losss_settings_still_loads():
+    """Before each loss declared its settings, config.yaml held all of them flat (a run of `ignore` saved npo_beta);
+    `forgetune eval/generate/report` must still read such runs."""
+    old = {"train": {"objective": "ignore", "lambda_max": 0.25, "npo_beta": 0.1, "constraint_eps": 0.0,
+                     "truncation_fraction": 0.1, "learning_rate": 1e-4},
+           "unlearn": {"method": "npo", "beta": None, "retain_floor": None, "alpha": None}}
+    cfg = from_dict(old)
+    assert (cfg.train.objective, cfg.train.objective_args, cfg.train.learning_rate) == ("ignore", {}, 1e-4)
+    assert cfg.unlearn.method_args == {"beta": 0.1, "retain_weight": 1.0}

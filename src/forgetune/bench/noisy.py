@@ -203,7 +203,7 @@ def run_method(cfg: BenchConfig, bench: Any, files: dict[str, Any], runs: Path, 
 def write_outputs(cfg: BenchConfig, root: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
     table = write_tables(cfg, root, rows, methods, METRICS)
     if cfg.trusted:
-        write_text(root / "targets.md", targets_markdown(cfg.name, rows, table, versus))
+        write_text(root / "targets.md", targets_markdown(cfg.name, rows, table, versus, TRUSTED_METHODS))
     plot_accuracy(table, root / "accuracy.png", cfg.name, spec(cfg.name).headline)
     histogram = next((root / "runs" / "seed0" / m for m in ("default", *methods)
                       if RunDir(root / "runs" / "seed0" / m).scores().is_file()), None)
