@@ -1,6 +1,6 @@
 """Golden numbers: what every loss computes, step by step, on fixed seeds with the tiny model, recorded before the
 losses were refactored onto one protocol (#18) and checked after: a refactor that changes no math changes none of
-these. `FORGETUNE_RECORD_GOLDEN=1 pytest tests/integration/test_golden_numbers.py` rewrites the file (only when the
+these. `FORGETUNE_RECORD_GOLDEN=1 pytest tests/package/test_golden_numbers.py` rewrites the file (only when the
 math is meant to change: say why in the commit)."""
 
 from __future__ import annotations
