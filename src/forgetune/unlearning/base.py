@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from forgetune.errors import ForgetuneError
-from forgetune.objectives.base import Objective, TokenBatch
+from forgetune.objectives.base import Objective, TokenBatch, masked_mean
 from forgetune.settings import Settings, at_least, option
 
 
@@ -55,6 +55,15 @@ def retain_mean(ce: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
 def sequence_mean(values: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
     """Mean of per-forget-sequence values (over the accumulated batch's forget sequences, when given)."""
     return values.mean() if tokens.totals is None else values.sum() / tokens.count("forget_sequences").clamp(min=1)
+
+
+def weighted_ascent(ce: torch.Tensor, tokens: TokenBatch, weight: torch.Tensor) -> torch.Tensor:
+    """-(sum over the forget tokens of weight * CE) / their count: gradient ascent with a per-token weight that is a
+    constant (no gradient flows through it; WGA, SatImp)."""
+    forget = tokens.polarity == -1
+    if not bool(forget.any()):
+        raise ValueError("the batch has no forget token")
+    return -masked_mean(weight.detach() * ce, forget, tokens.count("negative"))
 
 
 def has_retain(tokens: TokenBatch) -> bool:

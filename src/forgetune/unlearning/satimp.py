@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetune.objectives.base import masked_mean
 from forgetune.settings import at_least, option
 from forgetune.unlearning import register
-from forgetune.unlearning.base import RetainSettings, UnlearnMethod
+from forgetune.unlearning.base import RetainSettings, UnlearnMethod, weighted_ascent
 
 
 @dataclass
@@ -34,9 +33,5 @@ class SatImp(UnlearnMethod):
     Settings = SatImpSettings
 
     def forget_term(self, ce, tokens):
-        forget = tokens.polarity == -1
-        if not bool(forget.any()):
-            raise ValueError("the batch has no forget token")
-        p = torch.exp(-ce.detach())
-        weight = p**self.beta1 * (1 - p) ** self.beta2
-        return -masked_mean(weight * ce, forget, tokens.count("negative"))
+        p = torch.exp(-ce)
+        return weighted_ascent(ce, tokens, p**self.beta1 * (1 - p) ** self.beta2)

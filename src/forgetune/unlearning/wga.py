@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetune.objectives.base import masked_mean
 from forgetune.settings import at_least, option
 from forgetune.unlearning import register
-from forgetune.unlearning.base import RetainSettings, UnlearnMethod
+from forgetune.unlearning.base import RetainSettings, UnlearnMethod, weighted_ascent
 
 
 @dataclass
@@ -34,8 +33,4 @@ class WGA(UnlearnMethod):
     Settings = WGASettings
 
     def forget_term(self, ce, tokens):
-        forget = tokens.polarity == -1
-        if not bool(forget.any()):
-            raise ValueError("the batch has no forget token")
-        weight = torch.exp(-self.beta * ce.detach())
-        return -masked_mean(weight * ce, forget, tokens.count("negative"))
+        return weighted_ascent(ce, tokens, torch.exp(-self.beta * ce))
