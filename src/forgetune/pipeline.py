@@ -237,7 +237,7 @@ def reference(run: Run) -> dict[str, Any]:
     if process_state().is_main_process:
         write_json(stage_dir / "plan.json", plan)
     return run.layout.finish("reference", key, started, run.data_counts, references=len(plan),
-                   mode=reference_mode(run.cfg, len(plan)))
+                             mode=reference_mode(run.cfg, len(plan)))
 
 
 def reference_mode(cfg: RunConfig, references: int) -> str:

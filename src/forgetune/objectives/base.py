@@ -90,8 +90,7 @@ class Objective:
     exact_under_accumulation: ClassVar[bool] = False
 
     def __init__(self, **settings: Any):
-        self.settings = declared(type(self), settings, self.kind)
-        for key, value in dataclasses.asdict(self.settings).items():
+        for key, value in dataclasses.asdict(declared(type(self), settings, self.kind)).items():
             setattr(self, key, value)
         self.setup()
 
