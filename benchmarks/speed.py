@@ -122,17 +122,20 @@ def small_llama(vocab_size: int, quick: bool):
     return LlamaForCausalLM(config).eval(), "random Llama 128x2, vocab 49152"
 
 
-def synthetic_examples(n: int, vocab_size: int, seed: int = 0) -> list:
-    """Chat-like examples: a 30-80 token prompt and a 10-120 token response (the mix of a typical SFT set)."""
-    from forgetune.data.formats import IGNORE_INDEX, Example
+def synthetic_examples(n: int, vocab_size: int, seed: int = 0):
+    """Chat-like examples, packed as the data loaders pack them: a 30-80 token prompt and a 10-120 token response
+    (the mix of a typical SFT set)."""
+    from forgetune.data.corpus import IGNORE_INDEX, Corpus, Example
 
     rng = np.random.default_rng(seed)
-    examples = []
-    for i in range(n):
-        prompt, response = int(rng.integers(30, 80)), int(rng.integers(10, 120))
-        ids = rng.integers(3, vocab_size, prompt + response).tolist()
-        examples.append(Example(f"ex{i}", ids, [IGNORE_INDEX] * prompt + ids[prompt:], []))
-    return examples
+
+    def examples():
+        for i in range(n):
+            prompt, response = int(rng.integers(30, 80)), int(rng.integers(10, 120))
+            ids = rng.integers(3, vocab_size, prompt + response).tolist()
+            yield Example(f"ex{i}", ids, [IGNORE_INDEX] * prompt + ids[prompt:], [])
+
+    return Corpus.pack(examples())
 
 
 def bench_scoring(quick: bool) -> None:
@@ -188,7 +191,8 @@ import numpy as np, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from speed import synthetic_examples
-from forgetune.scoring.scorer import example_offsets, token_ce
+from forgetune.data.corpus import example_offsets
+from forgetune.scoring.scorer import token_ce
 {PEAK_RSS}
 torch.manual_seed(0)
 model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -214,7 +218,7 @@ def bench_scoring_memory(quick: bool) -> None:
     ratio = peak_large / peak_small
     report(f"scoring_peak_rss_{large:.0e}_vs_{small:.0e}", ratio, "<=1.1", ratio <= 1.1,
            f"{small} examples {peak_small / 1024:.0f} MB, {large} examples {peak_large / 1024:.0f} MB; before scoring "
-           f"(imports, model, the examples as Python lists) {loaded_small / 1024:.0f} / {loaded_large / 1024:.0f} MB")
+           f"(imports, model, the packed examples) {loaded_small / 1024:.0f} / {loaded_large / 1024:.0f} MB")
     own_small, own_large = peak_small - loaded_small, peak_large - loaded_large
     print(f"scoring_own_rss_{large:.0e}_vs_{small:.0e} ratio={own_large / max(own_small, 1):.2f} target=report ok  "
           f"(scoring's peak over the loaded corpus: {own_small / 1024:.0f} MB vs {own_large / 1024:.0f} MB; scores "
@@ -284,6 +288,51 @@ def bench_padding(batch_size: int = 16) -> None:
         grouped = padded_fraction(lengths, list(LengthGroupedSampler(batch_size, lengths=lengths)), batch_size)
         print(f"padded_fraction_{name}_grouped_vs_random ratio={grouped / random_order:.2f} target=report ok  "
               f"(batch {batch_size}: random order {random_order:.1%} padding, grouped {grouped:.1%})")
+
+
+def bench_compute_bound(quick: bool) -> None:
+    """Why a benchmark method takes minutes: one full fine-tuning step of the benches' model on an arith batch (16
+    chat examples of ~49 tokens), its useful FLOP/s (6 x tokens x non-embedding parameters, as transformers counts them)
+    over the best matmul throughput this machine reaches at the model's own layer shapes. Near 1, only fewer tokens
+    (or a faster machine) make a method faster."""
+    from forgetune.bench.data import arith
+    from forgetune.config import TrainConfig
+    from forgetune.data.collator import make_features
+    from forgetune.data.formats import Record, tokenize_records
+    from forgetune.models import embedded_model_dir, load_tokenizer
+    from forgetune.objectives import build
+    from forgetune.trainer import fit
+
+    model, name = small_llama(49152, quick=False)  # the benches' own model: a random small one would say nothing
+    model.train()
+    tokenizer = load_tokenizer(embedded_model_dir())
+    batch, steps = 16, 1 if quick else 4
+    rows = arith.make_arith(batch * (steps + 1), noise=0.0, seed=0)
+    records = [Record(str(i), [{"role": "user", "content": r["prompt"]},
+                               {"role": "assistant", "content": r["completion"]}], "arith") for i, r in enumerate(rows)]
+    examples, _ = tokenize_records(records, tokenizer, 512, warn=False)
+
+    def train(n: int) -> float:
+        cfg = TrainConfig(objective="sft", batch_size=batch, save_steps=0, logging_steps=n, max_steps=n,
+                          learning_rate=5e-5, group_by_length=False)
+        started = time.perf_counter()
+        fit(model, tokenizer, make_features(examples[: batch * n]), build("sft"), cfg, Path(tempfile.mkdtemp()),
+            key=f"bench-{n}")
+        return time.perf_counter() - started
+
+    train(1)  # warm-up
+    step = (train(steps + 1) - train(1)) / steps  # the set-up both calls pay cancels
+    tokens = sum(len(ex.input_ids) for ex in examples[:batch]) * 1.0
+    flops = 6 * tokens * model.num_parameters(exclude_embeddings=True)
+    hidden, inner = model.config.hidden_size, model.config.intermediate_size
+    peak = 0.0
+    for k, n in ((hidden, inner), (inner, hidden), (hidden, hidden)):
+        a, b = torch.randn(int(tokens), k), torch.randn(k, n)
+        peak = max(peak, 2 * tokens * k * n / best_of(lambda a=a, b=b: [a @ b for _ in range(10)], 3) * 10)
+    ratio = flops / step / peak
+    print(f"train_step_flops_vs_matmul_peak ratio={ratio:.2f} target=report ok  ({name}, full fine-tuning, batch "
+          f"{batch} arith examples = {tokens:.0f} tokens: {step:.2f} s a step, {flops / step / 1e9:.0f} GFLOP/s "
+          f"useful vs {peak / 1e9:.0f} GFLOP/s for this machine's best matmul at the model's layer shapes)")
 
 
 def bench_trl(quick: bool) -> None:
@@ -401,6 +450,7 @@ def main() -> None:
     bench_partition(10**7 if args.quick else 10**8, 10**5 if args.quick else 10**6)
     bench_step(5 if args.quick else 20)
     bench_padding()
+    bench_compute_bound(args.quick)
     bench_trl(args.quick)
 
 

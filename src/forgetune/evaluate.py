@@ -19,6 +19,7 @@ import torch
 
 from forgetune.config import option
 from forgetune.data.collator import response_positions
+from forgetune.data.corpus import example_offsets
 from forgetune.data.formats import load_records, tokenize_records
 from forgetune.errors import ForgetuneError
 from forgetune.generation import generate_answers
@@ -31,7 +32,7 @@ from forgetune.metrics.perplexity import perplexity
 from forgetune.models import load_for_inference, load_tokenizer
 from forgetune.rundir import RunDir
 from forgetune.scoring.partition import IGNORED, NEGATIVE
-from forgetune.scoring.scorer import example_offsets, token_ce
+from forgetune.scoring.scorer import token_ce
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ import numpy as np
 from forgetune import objectives
 from forgetune.config import RunConfig, dump_yaml, from_dict, load_yaml, result_settings
 from forgetune.data.collator import make_features
-from forgetune.data.formats import Example, load_examples, load_records
+from forgetune.data.corpus import Corpus, example_offsets
+from forgetune.data.formats import load_examples, load_records
 from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
@@ -51,7 +52,7 @@ from forgetune.models import (
 from forgetune.processes import process_state
 from forgetune.rundir import RECORDED_STAGES, STAGES, RunDir, format_info
 from forgetune.scoring.partition import IGNORED, NEGATIVE, POSITIVE, example_polarity, partition_polarity
-from forgetune.scoring.scorer import example_offsets, token_ce
+from forgetune.scoring.scorer import token_ce
 from forgetune.trainer import AnswerCheck, fit
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Run:
     dir: Path
     model_path: Path
     tokenizer: Any
-    examples: list[Example]
+    examples: Corpus
     data_counts: dict[str, int]
     data_key: str
 
@@ -147,8 +148,9 @@ def open_run(cfg: RunConfig, save_config: bool = True) -> Run:
             raise ForgetuneError(f"{run_dir}: cannot create the run folder ({e.strerror}); pass another --output"
                                  ) from None
         write_text(RunDir(run_dir).config, dump_yaml(cfg))
-    log.info("data: %d examples, %d response tokens (%d truncated, %d skipped empty)", counts["examples"],
-             sum(ex.num_response_tokens for ex in examples), counts["truncated"], counts["skipped_empty"])
+    log.info("data: %d examples, %d response tokens, %.1f MB packed (%d truncated, %d skipped empty)",
+             counts["examples"], example_offsets(examples)[-1], examples.nbytes / 2**20, counts["truncated"],
+             counts["skipped_empty"])
     return Run(cfg, run_dir, model_path, tokenizer, examples, counts, data_key)
 
 
@@ -302,7 +304,7 @@ def score(run: Run) -> dict[str, Any]:
             for written in (ce_base, ce_ref, scores):
                 written.flush()
             save_npy(tmp / "offsets.npy", offsets)
-            write_json(tmp / "ids.json", [ex.id for ex in run.examples])
+            write_json(tmp / "ids.json", run.examples.ids)
         stats = {"tokens": int(scores.size), "mean_score": float(scores.mean()),
                  "mean_ce_base": float(ce_base.mean()), "mean_ce_ref": float(ce_ref.mean())}
     info = run.layout.finish("score", key, started, run.data_counts, **stats)
@@ -329,7 +331,7 @@ def load_scores(run: Run, name: str = "scores") -> np.ndarray:
         raise ForgetuneError(f"{score_dir}: no scores; run `forgetune score` first")
     offsets = load_npy(score_dir / "offsets.npy", mmap=False)
     ids = read_json(score_dir / "ids.json")
-    if ids != [ex.id for ex in run.examples] or not np.array_equal(offsets, example_offsets(run.examples)):
+    if ids != run.examples.ids or not np.array_equal(offsets, example_offsets(run.examples)):
         raise ForgetuneError(
             f"{score_dir}: the scores belong to another dataset or tokenisation (stale cache); "
             f"delete {score_dir} and rerun `forgetune score` on this data"

@@ -241,8 +241,8 @@ def heat_map(run, arrays: dict[str, np.ndarray], first: int, most_negative: int)
     """Per shown example: a header and one coloured span per response token, coloured by the ranked value, with
     its numbers on hover."""
     from forgetune.data.collator import response_positions
+    from forgetune.data.corpus import example_offsets
     from forgetune.scoring.partition import NEGATIVE, POSITIVE
-    from forgetune.scoring.scorer import example_offsets
 
     offsets = example_offsets(run.examples)
     polarity, corrupted, ranked = arrays.get("polarity"), arrays.get("corrupted"), arrays["ranked"]

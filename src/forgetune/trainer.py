@@ -71,7 +71,8 @@ class RoundedProgress(ProgressCallback):
 def example_lengths(dataset: Any) -> list[int]:
     """Token count of each training example: a feature's input_ids, or an unlearning item's forget row's."""
     forget_rows = getattr(dataset, "forget", None)
-    return [len(f["input_ids"]) for f in (forget_rows if forget_rows is not None else dataset)]
+    rows = forget_rows if forget_rows is not None else dataset
+    return rows.lengths.tolist() if hasattr(rows, "lengths") else [len(f["input_ids"]) for f in rows]
 
 
 def flat_token_batch(inputs: dict[str, torch.Tensor], sequence: torch.Tensor | None = None) -> TokenBatch:

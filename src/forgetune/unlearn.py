@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ from transformers import TrainerCallback
 
 from forgetune import unlearning
 from forgetune.config import UNLEARN_DEFAULTS, RunConfig, UnlearnConfig, dump_yaml, resolve, result_settings
-from forgetune.data.collator import Collator, make_features
-from forgetune.data.formats import Example, load_examples
+from forgetune.data.collator import Collator, TokenFeatures, make_features
+from forgetune.data.corpus import Example, example_offsets
+from forgetune.data.formats import load_examples
 from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
@@ -57,7 +59,7 @@ from forgetune.objectives import Objective
 from forgetune.processes import process_state
 from forgetune.rundir import RunDir
 from forgetune.scoring.partition import partition_tokens
-from forgetune.scoring.scorer import example_offsets, token_ce
+from forgetune.scoring.scorer import token_ce
 from forgetune.trainer import fit
 from forgetune.unlearning.base import Wrapper
 
@@ -94,8 +96,8 @@ def build_method(cfg: UnlearnConfig, parameters: list[torch.nn.Parameter]) -> Ob
     return cls(**context, **cfg.method_args)
 
 
-def unlearn_features(examples: list[Example], base_ce: np.ndarray | None = None,
-                     forget: np.ndarray | None = None) -> list[dict[str, Any]]:
+def unlearn_features(examples: Sequence[Example], base_ce: np.ndarray | None = None,
+                     forget: np.ndarray | None = None) -> TokenFeatures:
     """Per-position `polarity` (-1: forget this token; +1: retain data, or a forget example's token kept like it) and
     `base_ce` (the starting model's CE, NPO's reference) spread onto each example; without `forget`, all +1."""
     offsets = example_offsets(examples)
@@ -109,7 +111,7 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
     """One item per forget example, with a retain example drawn at random (torch's RNG: seeded and checkpointed by
     the Trainer), so every epoch sees other retain examples."""
 
-    def __init__(self, forget: list[dict[str, Any]], retain: list[dict[str, Any]] | None):
+    def __init__(self, forget: Sequence[dict[str, Any]], retain: Sequence[dict[str, Any]] | None):
         self.forget, self.retain = forget, retain or []
 
     def __len__(self) -> int:
@@ -132,7 +134,7 @@ class ForgetRetainCollator:
         return self.collate([it["forget"] for it in items] + [it["retain"] for it in items if "retain" in it])
 
 
-def mean_example_nll(model: torch.nn.Module, examples: list[Example], pad_token_id: int, desc: str) -> float:
+def mean_example_nll(model: torch.nn.Module, examples: Sequence[Example], pad_token_id: int, desc: str) -> float:
     """Mean over examples of each example's mean response-token NLL (the LOSS attack's per-example score)."""
     offsets = example_offsets(examples)
     ce = token_ce(model, examples, pad_token_id, desc=desc).astype(np.float64)
@@ -144,7 +146,7 @@ class StopAtHoldout(TrainerCallback):
     (unlearning raises the NLL of unseen look-alikes too, so a level fixed up front would be the wrong target).
     Every process measures (scoring is collective under accelerate), so all stop at the same step."""
 
-    def __init__(self, forget: list[Example], holdout: list[Example], pad_token_id: int, every: int):
+    def __init__(self, forget: Sequence[Example], holdout: Sequence[Example], pad_token_id: int, every: int):
         self.forget, self.holdout, self.pad, self.every = forget, holdout, pad_token_id, every
         self.checks: list[dict[str, float]] = []
 
@@ -192,7 +194,7 @@ def unlearn_key(cfg: RunConfig, model_path: Path) -> str:
                     model_fingerprint(model_path), ref)
 
 
-def forget_token_weights(cfg: RunConfig, examples: list[Example], own_ce: np.ndarray, pad_id: int) -> np.ndarray:
+def forget_token_weights(cfg: RunConfig, examples: Sequence[Example], own_ce: np.ndarray, pad_id: int) -> np.ndarray:
     """1 for every forget token, or with --tokens scored for the top fraction by CE_reference - CE_model: the tokens
     the model knows much better than a model that never saw the forget set, i.e. the specific knowledge."""
     u = cfg.unlearn
@@ -219,7 +221,7 @@ def run_unlearn(cfg: RunConfig) -> dict[str, Any]:
     state = process_state()
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
 
-    def load(path: str | None) -> list[Example] | None:
+    def load(path: str | None) -> Sequence[Example] | None:
         return load_examples(path, tokenizer, d.format, d.max_length, d.system_prompt)[0] if path else None
 
     forget, counts = load_examples(u.forget, tokenizer, d.format, d.max_length, d.system_prompt)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from forgetune.data.collator import Collator, make_features, response_positions, spread
-from forgetune.data.formats import Example, Record, tokenize_records
-from forgetune.scoring.scorer import example_offsets
+from forgetune.data.corpus import Example, example_offsets
+from forgetune.data.formats import Record, tokenize_records
 from forgetune.scoring.token_logps import target_mask
 
 PAD = 0
@@ -124,3 +124,11 @@ def test_target_mask_alignment_on_tokenized_examples(tokenizer):
     # and each selected polarity sits on the very token it was computed for
     flat_labels = np.concatenate([[x for x in ex.labels if x != -100] for ex in examples])
     assert batch["labels"][mask].tolist() == flat_labels.tolist()
+
+
+def test_features_index_like_a_list(examples):
+    eager = [make_features(examples, example_offsets(examples), FLAT_POLARITY)[i] for i in range(len(examples))]
+    feats = make_features(examples, example_offsets(examples), FLAT_POLARITY)
+    assert list(feats) == eager and feats[1:] == eager[1:] and feats[-1] == eager[-1]
+    with pytest.raises(IndexError):
+        feats[len(examples)]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from forgetune import ForgetuneError
-from forgetune.data.formats import IGNORE_INDEX, load_examples, load_records, to_messages, tokenize_records
+from forgetune.data.corpus import IGNORE_INDEX
+from forgetune.data.formats import load_examples, load_records, to_messages, tokenize_records
 from forgetune.models import FALLBACK_CHAT_TEMPLATE, load_tokenizer
 from tests_helpers import write_jsonl
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from forgetune.data.formats import IGNORE_INDEX, Example, Record, tokenize_records
+from forgetune.data.corpus import IGNORE_INDEX, Example
+from forgetune.data.formats import Record, tokenize_records
 from forgetune.metrics import mia
 from forgetune.metrics.mia import (
     example_losses,

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from forgetune.data.formats import IGNORE_INDEX, Example, Record, tokenize_records
+from forgetune.data.corpus import IGNORE_INDEX, Example, example_offsets
+from forgetune.data.formats import Record, tokenize_records
 from forgetune.models import load_model
-from forgetune.scoring.scorer import example_offsets, token_ce
+from forgetune.scoring.scorer import token_ce
 from forgetune.scoring.token_logps import response_token_ce, target_mask
 
 BIG = 100.0  # a logit this far above the others puts all the mass on one token: CE = log(1 + 4 e^-100) == 0 in fp32

@@ -11,8 +11,8 @@ from conftest import build_tiny_llama
 from forgetune import objectives, unlearning
 from forgetune.bench.data.arith import make_arith
 from forgetune.data.collator import Collator, make_features
+from forgetune.data.corpus import example_offsets
 from forgetune.data.formats import load_examples
-from forgetune.scoring.scorer import example_offsets
 from forgetune.scoring.token_logps import response_token_ce, training_response_token_ce
 from forgetune.trainer import flat_token_batch
 from tests_helpers import write_jsonl

@@ -14,8 +14,8 @@ from forgetune import objectives, unlearning
 from forgetune.bench.data.arith import make_arith
 from forgetune.config import TrainConfig
 from forgetune.data.collator import make_features
+from forgetune.data.corpus import example_offsets
 from forgetune.data.formats import load_examples
-from forgetune.scoring.scorer import example_offsets
 from forgetune.trainer import fit
 from forgetune.unlearn import ForgetRetainCollator, ForgetRetainDataset, unlearn_features
 from tests_helpers import write_jsonl

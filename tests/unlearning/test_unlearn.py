@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import build_tiny_llama
 from forgetune import unlearning
 from forgetune.cli import main
-from forgetune.data.formats import IGNORE_INDEX, Example, load_examples
+from forgetune.data.corpus import IGNORE_INDEX, Example
+from forgetune.data.formats import load_examples
 from forgetune.io import DONE_MARKER
 from forgetune.scoring.scorer import token_ce
 from forgetune.trainer import flat_token_batch
@@ -106,7 +107,7 @@ def test_collator_puts_forget_rows_first_with_features_on_response_positions():
     dataset = ForgetRetainDataset(f_feats, r_feats)
     assert len(dataset) == 2
     items = [dataset[0], dataset[1]]
-    assert all(it["retain"] is r_feats[0] for it in items)
+    assert all(it["retain"] == r_feats[0] for it in items)
     batch = ForgetRetainCollator(pad_token_id=0)(items)
     assert batch["input_ids"].tolist() == [
         [1, 10, 11, 12, 0], [1, 13, 14, 0, 0], [1, 20, 21, 22, 23], [1, 20, 21, 22, 23]]

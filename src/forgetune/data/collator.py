@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from forgetune.data.formats import IGNORE_INDEX, Example
+from forgetune.data.corpus import IGNORE_INDEX, Example, example_lengths, example_offsets
 
 # Per-position fields, aligned with input_ids, and the value used for padding.
 TOKEN_FIELDS = {"input_ids": None, "labels": IGNORE_INDEX, "polarity": 0, "base_ce": 0.0}
@@ -26,29 +26,50 @@ def spread(flat: np.ndarray, labels: Sequence[int], fill: float | int = 0) -> li
     return out.tolist()
 
 
+class TokenFeatures(Sequence[dict[str, Any]]):
+    """Training features, each built when the data loader asks for it: the example's ids and labels, and the flat
+    per-token arrays (corpus order) spread onto its positions. Nothing per token is held beside the packed corpus
+    and the flat arrays, whatever the corpus size."""
+
+    def __init__(self, examples: Sequence[Example], offsets: np.ndarray | None, arrays: dict[str, np.ndarray]):
+        self.examples, self.offsets, self.arrays = examples, offsets, arrays
+        self.lengths = example_lengths(examples)  # for length-grouped batches, without building any feature
+        if offsets is not None:
+            counts, scored = np.diff(example_offsets(examples)), np.diff(np.asarray(offsets))
+            if len(counts) != len(scored):
+                raise ValueError(f"{len(counts)} examples, offsets for {len(scored)}")
+            for i in np.flatnonzero(counts != scored)[:1]:
+                raise ValueError(f"example {examples[int(i)].id}: {counts[i]} response tokens, {scored[i]} scores")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # negative indices, and IndexError past the end
+        ex = self.examples[i]
+        feat: dict[str, Any] = {"input_ids": ex.input_ids, "labels": ex.labels}
+        if self.offsets is not None:
+            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            for name, flat in self.arrays.items():
+                fill = TOKEN_FIELDS[name]
+                dtype = np.float32 if isinstance(fill, float) else np.int64
+                feat[name] = spread(np.asarray(flat[lo:hi], dtype=dtype), ex.labels, fill)
+        return feat
+
+
 def make_features(
     examples: Sequence[Example],
     offsets: np.ndarray | None = None,
     polarity: np.ndarray | None = None,
     base_ce: np.ndarray | None = None,
     **token_values: np.ndarray,
-) -> list[dict[str, Any]]:
-    """Training features: flat per-token arrays (corpus order) are spread onto each example once, up front.
-    `token_values`: more of them by their TOKEN_FIELDS name."""
+) -> TokenFeatures:
+    """Training features of `examples` with flat per-token arrays (corpus order, sliced by `offsets`) spread onto
+    each example's positions. `token_values`: more of them by their TOKEN_FIELDS name."""
     arrays = {k: v for k, v in {"polarity": polarity, "base_ce": base_ce, **token_values}.items() if v is not None}
-    features = []
-    for i, ex in enumerate(examples):
-        feat: dict[str, Any] = {"input_ids": ex.input_ids, "labels": ex.labels}
-        if offsets is not None:
-            lo, hi = int(offsets[i]), int(offsets[i + 1])
-            if hi - lo != ex.num_response_tokens:
-                raise ValueError(f"example {ex.id}: {ex.num_response_tokens} response tokens, {hi - lo} scores")
-            for name, flat in arrays.items():
-                fill = TOKEN_FIELDS[name]
-                dtype = np.float32 if isinstance(fill, float) else np.int64
-                feat[name] = spread(np.asarray(flat[lo:hi], dtype=dtype), ex.labels, fill)
-        features.append(feat)
-    return features
+    return TokenFeatures(examples, offsets, arrays)
 
 
 class Collator:

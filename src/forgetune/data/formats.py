@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forgetune.data.corpus import IGNORE_INDEX, Corpus, Example
 from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 FORMATS = ("chat", "prompt-completion", "alpaca", "question-answer", "sharegpt", "text")
 # ShareGPT speakers -> chat roles (the spellings its exports use).
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
@@ -43,21 +43,6 @@ class Record:
         if last is None:
             raise ForgetuneError(f"{self.where}: no assistant answer to compare with")
         return self.messages[:last], self.messages[last]["content"]
-
-
-@dataclass
-class Example:
-    """A tokenised conversation. labels[t] == input_ids[t] on response tokens, IGNORE_INDEX elsewhere."""
-
-    id: str
-    input_ids: list[int]
-    labels: list[int]
-    prompt_messages: list[dict[str, str]]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_response_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
 
 
 def _read_raw(path: Path) -> list[tuple[str, Any]]:
@@ -307,27 +292,32 @@ def tokenize_text(tokenizer, text: str) -> tuple[list[int], list[int]]:
 
 def tokenize_records(
     records: Sequence[Record], tokenizer, max_length: int, warn: bool = True
-) -> tuple[list[Example], dict[str, int]]:
-    """Tokenise, truncate to max_length and drop examples with no response token; returns (examples, counts)."""
-    examples, truncated, empty = [], 0, 0
-    for r in records:
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in r.messages):
-            empty += 1
-            continue
-        input_ids, labels = (tokenize_text(tokenizer, r.messages[0]["content"]) if r.plain_text
-                             else tokenize_messages(tokenizer, r.messages, r.where))
-        if len(input_ids) > max_length:
-            truncated += 1
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
-        if all(label == IGNORE_INDEX for label in labels):
-            empty += 1
-            continue
-        last_assistant = max(i for i, m in enumerate(r.messages) if m["role"] == "assistant")
-        examples.append(Example(r.id, input_ids, labels, r.messages[:last_assistant], r.meta))
-    counts = {"examples": len(examples), "skipped_empty": empty, "truncated": truncated}
+) -> tuple[Corpus, dict[str, int]]:
+    """Tokenise, truncate to max_length and drop examples with no response token; returns (examples packed into a
+    Corpus, counts)."""
+    counts = {"examples": 0, "skipped_empty": 0, "truncated": 0}
+
+    def examples():
+        for r in records:
+            if not any(m["role"] == "assistant" and m["content"].strip() for m in r.messages):
+                counts["skipped_empty"] += 1
+                continue
+            input_ids, labels = (tokenize_text(tokenizer, r.messages[0]["content"]) if r.plain_text
+                                 else tokenize_messages(tokenizer, r.messages, r.where))
+            if len(input_ids) > max_length:
+                counts["truncated"] += 1
+                input_ids, labels = input_ids[:max_length], labels[:max_length]
+            if all(label == IGNORE_INDEX for label in labels):
+                counts["skipped_empty"] += 1
+                continue
+            last_assistant = max(i for i, m in enumerate(r.messages) if m["role"] == "assistant")
+            yield Example(r.id, input_ids, labels, r.messages[:last_assistant], r.meta)
+
+    corpus = Corpus.pack(examples())
+    counts["examples"] = len(corpus)
     if warn:
         warn_counts(counts, max_length)
-    return examples, counts
+    return corpus, counts
 
 
 def warn_counts(counts: dict[str, int], max_length: int) -> None:
@@ -338,7 +328,7 @@ def warn_counts(counts: dict[str, int], max_length: int) -> None:
 
 
 def load_examples(path: str | Path, tokenizer, fmt: str = "auto", max_length: int = 512,
-                  system_prompt: str | None = None) -> tuple[list[Example], dict[str, int]]:
+                  system_prompt: str | None = None) -> tuple[Corpus, dict[str, int]]:
     records = load_records(path, fmt, system_prompt)
     examples, counts = tokenize_records(records, tokenizer, max_length, warn=False)
     if not examples:  # one error line, without the warnings that would only repeat it

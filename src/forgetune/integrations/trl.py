@@ -29,7 +29,7 @@ from trl.data_utils import is_conversational
 from forgetune import objectives
 from forgetune.config import dump_yaml, resolve
 from forgetune.data.collator import TOKEN_FIELDS, make_features
-from forgetune.data.formats import IGNORE_INDEX, Example
+from forgetune.data.corpus import IGNORE_INDEX, Corpus, Example, example_offsets
 from forgetune.errors import ForgetuneError
 from forgetune.io import cache_dir, hash_obj, write_text
 from forgetune.models import load_tokenizer, model_fingerprint, resolve_model_path
@@ -37,7 +37,6 @@ from forgetune.objectives import Objective, TokenBatch
 from forgetune.pipeline import Run, load_polarity, load_scores, partition, reference, score
 from forgetune.processes import process_state
 from forgetune.rundir import RunDir
-from forgetune.scoring.scorer import example_offsets
 from forgetune.trainer import ObjectiveLossMixin, flat_token_batch
 
 # The per-token columns and their padding value (0: not a loss token).
@@ -86,15 +85,17 @@ def trl_tokenize(dataset: Dataset, tokenizer, args: SFTConfig | None = None) -> 
     return SFTTrainer._prepare_dataset(shim, dataset, tokenizer, prep_args, False, None, "train")
 
 
-def _examples(prepared: Dataset) -> list[Example]:
+def _examples(prepared: Dataset) -> Corpus:
     """forgetune's view of TRL's tokens: position 0 is never a loss token (nothing predicts it; TRL's shifted loss
     skips it too), so a language-modelling row's first label is dropped."""
-    examples = []
-    for i, row in enumerate(prepared.select_columns(["input_ids", "labels"])):
-        labels = list(row["labels"])
-        labels[0] = IGNORE_INDEX
-        examples.append(Example(id=str(i), input_ids=list(row["input_ids"]), labels=labels, prompt_messages=[]))
-    return examples
+
+    def rows():
+        for i, row in enumerate(prepared.select_columns(["input_ids", "labels"])):
+            labels = list(row["labels"])
+            labels[0] = IGNORE_INDEX
+            yield Example(id=str(i), input_ids=list(row["input_ids"]), labels=labels, prompt_messages=[])
+
+    return Corpus.pack(rows())
 
 
 def score_dataset(dataset: Dataset, model: str, *, processing_class=None, args: SFTConfig | None = None,
@@ -117,7 +118,7 @@ def score_dataset(dataset: Dataset, model: str, *, processing_class=None, args: 
         tokenizer.pad_token = tokenizer.eos_token
     prepared = trl_tokenize(dataset, tokenizer, args)
     examples = _examples(prepared)
-    if not examples or not sum(ex.num_response_tokens for ex in examples):
+    if not examples or not example_offsets(examples)[-1]:
         raise ForgetuneError("score_dataset: no example has a token to train on after TRL's preparation")
     tokens = hashlib.sha256()
     for ex in examples:

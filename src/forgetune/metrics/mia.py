@@ -17,7 +17,7 @@ import torch
 from scipy.stats import ks_2samp
 
 from forgetune.data.collator import Collator
-from forgetune.data.formats import Example
+from forgetune.data.corpus import Example, example_lengths
 from forgetune.metrics.detection import auroc
 from forgetune.scoring.token_logps import target_mask
 
@@ -58,11 +58,12 @@ def token_stats(model: torch.nn.Module, examples: Sequence[Example], pad_token_i
     collate = Collator(pad_token_id)
     device = next(model.parameters()).device
     model.eval()
-    order = np.argsort([-len(ex.input_ids) for ex in examples], kind="stable")
+    order = np.argsort(-example_lengths(examples), kind="stable")
     out: dict[int, dict[str, np.ndarray]] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = collate([{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for i in chunk])
+        rows = [examples[int(i)] for i in chunk]
+        batch = collate([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in rows])
         input_ids, attention_mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         mask = target_mask(labels)

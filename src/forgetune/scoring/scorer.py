@@ -10,17 +10,12 @@ import torch
 from tqdm.auto import tqdm
 
 from forgetune.data.collator import Collator
-from forgetune.data.formats import Example
+from forgetune.data.corpus import Example, example_lengths, example_offsets
 from forgetune.processes import process_state
 from forgetune.scoring.token_logps import model_response_token_ce
 
 log = logging.getLogger(__name__)
 _REDUCE_CHUNK = 1 << 24  # floats per all-reduce: 64 MB at a time, whatever the corpus size
-
-
-def example_offsets(examples: Sequence[Example]) -> np.ndarray:
-    """offsets[i]:offsets[i+1] is example i's slice of the flat per-token arrays (corpus order)."""
-    return np.concatenate([[0], np.cumsum([ex.num_response_tokens for ex in examples])]).astype(np.int64)
 
 
 @torch.inference_mode()
@@ -42,23 +37,24 @@ def token_ce(
     offsets = example_offsets(examples)
     if out is None:
         out = np.zeros(int(offsets[-1]), dtype=np.float32)
-    indices = np.arange(len(examples)) if indices is None else np.asarray(indices)
-    order = indices[np.argsort([-len(examples[i].input_ids) for i in indices], kind="stable")]
+    indices = np.arange(len(examples)) if indices is None else np.asarray(indices, dtype=np.int64)
+    order = indices[np.argsort(-example_lengths(examples)[indices], kind="stable")]
     state = process_state()
     order = order[state.process_index :: state.num_processes]
     collate = Collator(pad_token_id)
     device = next(model.parameters()).device
     model.eval()
-    total = int(sum(examples[i].num_response_tokens for i in indices))
+    total = int(np.diff(offsets)[indices].sum())
     with tqdm(total=total, desc=desc, unit="tok", leave=False, disable=not log.isEnabledFor(logging.INFO)) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            batch = collate([{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for i in chunk])
+            rows = [examples[int(i)] for i in chunk]  # a packed corpus builds each example's lists only now
+            batch = collate([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in rows])
             ce = model_response_token_ce(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                          batch["labels"].to(device)).cpu().numpy()
             pos = 0
             for i in chunk:
-                n = examples[i].num_response_tokens
+                n = int(offsets[i + 1] - offsets[i])
                 out[offsets[i] : offsets[i + 1]] = ce[pos : pos + n]
                 pos += n
             bar.update(pos)

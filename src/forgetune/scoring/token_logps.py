@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from forgetune.data.formats import IGNORE_INDEX
+from forgetune.data.corpus import IGNORE_INDEX
 
 
 def target_mask(labels: torch.Tensor) -> torch.Tensor:
