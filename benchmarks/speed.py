@@ -266,23 +266,28 @@ def padded_fraction(lengths: list[int], order: list[int], batch_size: int) -> fl
     return pads / (pads + sum(lengths))
 
 
+def prompt_completion_examples(rows: list[dict], tokenizer, name: str):
+    """A benchmark's prompt/completion rows tokenised with the chat template, as `forgetune run` tokenises them."""
+    from forgetune.data.formats import Record, tokenize_records
+
+    records = [Record(str(i), [{"role": "user", "content": r["prompt"]},
+                               {"role": "assistant", "content": r["completion"]}], name) for i, r in enumerate(rows)]
+    return tokenize_records(records, tokenizer, 512, warn=False)[0]
+
+
 def bench_padding(batch_size: int = 16) -> None:
     """Padded fraction of the training batches on the benchmarks' own data (SmolLM2's tokenizer and chat template):
     the default random order vs --group-by-length (transformers' length-grouped sampler)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from forgetune.bench.data import arith, numwords
-    from forgetune.data.formats import Record, tokenize_records
     from forgetune.models import embedded_model_dir, load_tokenizer
 
     tokenizer = load_tokenizer(embedded_model_dir())
     corpora = {"arith": arith.make_arith(400, noise=0.3, seed=0),
                "numwords": numwords.make_numwords(400, 0, 0, 0, wrong_fraction=0.7, seed=0)["train"]}
     for name, rows in corpora.items():
-        records = [Record(str(i), [{"role": "user", "content": r["prompt"]},
-                                   {"role": "assistant", "content": r["completion"]}], name)
-                   for i, r in enumerate(rows)]
-        lengths = [len(ex.input_ids) for ex in tokenize_records(records, tokenizer, 512, warn=False)[0]]
+        lengths = prompt_completion_examples(rows, tokenizer, name).lengths.tolist()
         torch.manual_seed(0)
         random_order = padded_fraction(lengths, torch.randperm(len(lengths)).tolist(), batch_size)
         grouped = padded_fraction(lengths, list(LengthGroupedSampler(batch_size, lengths=lengths)), batch_size)
@@ -298,7 +303,6 @@ def bench_compute_bound(quick: bool) -> None:
     from forgetune.bench.data import arith
     from forgetune.config import TrainConfig
     from forgetune.data.collator import make_features
-    from forgetune.data.formats import Record, tokenize_records
     from forgetune.models import embedded_model_dir, load_tokenizer
     from forgetune.objectives import build
     from forgetune.trainer import fit
@@ -308,9 +312,7 @@ def bench_compute_bound(quick: bool) -> None:
     tokenizer = load_tokenizer(embedded_model_dir())
     batch, steps = 16, 1 if quick else 4
     rows = arith.make_arith(batch * (steps + 1), noise=0.0, seed=0)
-    records = [Record(str(i), [{"role": "user", "content": r["prompt"]},
-                               {"role": "assistant", "content": r["completion"]}], "arith") for i, r in enumerate(rows)]
-    examples, _ = tokenize_records(records, tokenizer, 512, warn=False)
+    examples = prompt_completion_examples(rows, tokenizer, "arith")
 
     def train(n: int) -> float:
         cfg = TrainConfig(objective="sft", batch_size=batch, save_steps=0, logging_steps=n, max_steps=n,
