@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from forgetune.data.corpus import IGNORE_INDEX, Corpus, Example
 from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
@@ -273,7 +275,7 @@ def tokenize_messages(tokenizer, messages: list[dict[str, str]], where: str) -> 
         if message["role"] != "assistant":
             continue
         start = len(_render_ids(tokenizer, messages[:i], True, where)) if i else 0
-        upto = _render_ids(tokenizer, messages[: i + 1], False, where)
+        upto = full if i == len(messages) - 1 else _render_ids(tokenizer, messages[: i + 1], False, where)
         if full[: len(upto)] != upto:
             raise ForgetuneError(f"{where}: the chat template does not render turns as prefixes; cannot mask turns")
         for t in range(max(start, 1), len(upto)):  # position 0 has no preceding logits to score it
@@ -298,7 +300,7 @@ def tokenize_records(
     counts = {"examples": 0, "skipped_empty": 0, "truncated": 0}
 
     def examples():
-        for r in records:
+        for r in tqdm(records, desc="tokenising", unit="ex", leave=False, disable=not log.isEnabledFor(logging.INFO)):
             if not any(m["role"] == "assistant" and m["content"].strip() for m in r.messages):
                 counts["skipped_empty"] += 1
                 continue
