@@ -147,10 +147,10 @@ def bench_scoring(quick: bool) -> None:
     base, name = small_llama(vocab, quick)
     reference = [base, base]  # two frozen models scored one after the other, as the score stage does
     examples = synthetic_examples(64 if quick else 32, vocab)  # the real model's 49k-row head makes each pass costly
-    order = np.argsort([-len(ex.input_ids) for ex in examples], kind="stable")  # the same length-bucketed batches
+    order = np.argsort(-examples.lengths, kind="stable")  # the same length-bucketed batches
     collate = Collator(0)
-    batches = [collate([{"input_ids": examples[i].input_ids, "labels": examples[i].labels}
-                        for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
+    batches = [collate.examples(examples[int(i)] for i in order[s : s + batch_size])
+               for s in range(0, len(order), batch_size)]
 
     @torch.inference_mode()
     def raw():
@@ -324,12 +324,12 @@ def bench_compute_bound(quick: bool) -> None:
 
     train(1)  # warm-up
     step = (train(steps + 1) - train(1)) / steps  # the set-up both calls pay cancels
-    tokens = sum(len(ex.input_ids) for ex in examples[:batch]) * 1.0
+    tokens = int(examples.lengths[:batch].sum())
     flops = 6 * tokens * model.num_parameters(exclude_embeddings=True)
     hidden, inner = model.config.hidden_size, model.config.intermediate_size
     peak = 0.0
     for k, n in ((hidden, inner), (inner, hidden), (hidden, hidden)):
-        a, b = torch.randn(int(tokens), k), torch.randn(k, n)
+        a, b = torch.randn(tokens, k), torch.randn(k, n)
         peak = max(peak, 2 * tokens * k * n / best_of(lambda a=a, b=b: [a @ b for _ in range(10)], 3) * 10)
     ratio = flops / step / peak
     print(f"train_step_flops_vs_matmul_peak ratio={ratio:.2f} target=report ok  ({name}, full fine-tuning, batch "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,10 @@ class Collator:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
+
+    def examples(self, examples: Iterable[Example]) -> dict[str, torch.Tensor]:
+        """A batch of examples' ids and labels alone (what scoring and the membership statistics read)."""
+        return self([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in examples])
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         length = max(len(f["input_ids"]) for f in features)

@@ -62,8 +62,7 @@ def token_stats(model: torch.nn.Module, examples: Sequence[Example], pad_token_i
     out: dict[int, dict[str, np.ndarray]] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        rows = [examples[int(i)] for i in chunk]
-        batch = collate([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in rows])
+        batch = collate.examples(examples[int(i)] for i in chunk)
         input_ids, attention_mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         mask = target_mask(labels)

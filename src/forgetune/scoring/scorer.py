@@ -48,8 +48,7 @@ def token_ce(
     with tqdm(total=total, desc=desc, unit="tok", leave=False, disable=not log.isEnabledFor(logging.INFO)) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            rows = [examples[int(i)] for i in chunk]  # a packed corpus builds each example's lists only now
-            batch = collate([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in rows])
+            batch = collate.examples(examples[int(i)] for i in chunk)  # a packed corpus builds these lists now
             ce = model_response_token_ce(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                          batch["labels"].to(device)).cpu().numpy()
             pos = 0
