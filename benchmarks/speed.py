@@ -182,9 +182,9 @@ def peak_rss():
 
 
 def _scoring_rss(n: int) -> tuple[int, int]:
-    """(peak RSS in kB once n synthetic examples are built, peak RSS after scoring them into a memory-mapped array) of
-    a fresh process. The model is a 32-wide Llama with a 512-token vocabulary: memory growth with the corpus size does
-    not depend on the model, and 10^5 examples score in about a minute on 2 cores."""
+    """(peak RSS in kB once n synthetic examples are built, peak RSS after scoring them into an .npy file, as the score
+    stage does) of a fresh process. The model is a 32-wide Llama with a 512-token vocabulary: memory growth with the
+    corpus size does not depend on the model, and 10^5 examples score in about a minute on 2 cores."""
     code = f"""
 import json, sys, tempfile
 import numpy as np, torch
@@ -192,6 +192,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from speed import synthetic_examples
 from forgetune.data.corpus import example_offsets
+from forgetune.io import NpyFile
 from forgetune.scoring.scorer import token_ce
 {PEAK_RSS}
 torch.manual_seed(0)
@@ -199,9 +200,7 @@ model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=32, intermediat
                                      num_attention_heads=4, num_key_value_heads=2)).eval()
 examples = synthetic_examples({n}, 512)
 loaded = peak_rss()
-with tempfile.TemporaryDirectory() as d:
-    out = np.lib.format.open_memmap(d + "/ce.npy", mode="w+", dtype=np.float32,
-                                    shape=(int(example_offsets(examples)[-1]),))
+with tempfile.TemporaryDirectory() as d, NpyFile(d + "/ce.npy", int(example_offsets(examples)[-1])) as out:
     token_ce(model, examples, 0, 64, out=out, desc="")
 print(json.dumps([loaded, peak_rss()]))
 """
@@ -222,7 +221,7 @@ def bench_scoring_memory(quick: bool) -> None:
     own_small, own_large = peak_small - loaded_small, peak_large - loaded_large
     print(f"scoring_own_rss_{large:.0e}_vs_{small:.0e} ratio={own_large / max(own_small, 1):.2f} target=report ok  "
           f"(scoring's peak over the loaded corpus: {own_small / 1024:.0f} MB vs {own_large / 1024:.0f} MB; scores "
-          "are streamed to a memory-mapped file)")
+          "are written to an .npy file slice by slice)")
 
 
 def _training_rss(chunked: bool, tokens: int) -> int:
@@ -297,9 +296,10 @@ def bench_padding(batch_size: int = 16) -> None:
 
 def bench_compute_bound(quick: bool) -> None:
     """Why a benchmark method takes minutes: one full fine-tuning step of the benches' model on an arith batch (16
-    chat examples of ~49 tokens), its useful FLOP/s (6 x tokens x non-embedding parameters, as transformers counts them)
-    over the best matmul throughput this machine reaches at the model's own layer shapes. Near 1, only fewer tokens
-    (or a faster machine) make a method faster."""
+    chat examples of ~49 tokens), its matmul FLOP/s (6 x tokens x the parameters every token multiplies: the
+    non-embedding ones and the output head, which SmolLM2 ties to its embedding) over the best matmul throughput this
+    machine reaches at the model's own layer shapes. Near 1, only fewer tokens (or a faster machine) make a method
+    faster."""
     from forgetune.bench.data import arith
     from forgetune.config import TrainConfig
     from forgetune.data.collator import make_features
@@ -325,7 +325,8 @@ def bench_compute_bound(quick: bool) -> None:
     train(1)  # warm-up
     step = (train(steps + 1) - train(1)) / steps  # the set-up both calls pay cancels
     tokens = int(examples.lengths[:batch].sum())
-    flops = 6 * tokens * model.num_parameters(exclude_embeddings=True)
+    head = model.get_output_embeddings().weight.numel() if model.config.tie_word_embeddings else 0
+    flops = 6 * tokens * (model.num_parameters(exclude_embeddings=True) + head)
     hidden, inner = model.config.hidden_size, model.config.intermediate_size
     peak = 0.0
     for k, n in ((hidden, inner), (inner, hidden), (hidden, hidden)):
@@ -334,7 +335,7 @@ def bench_compute_bound(quick: bool) -> None:
     ratio = flops / step / peak
     print(f"train_step_flops_vs_matmul_peak ratio={ratio:.2f} target=report ok  ({name}, full fine-tuning, batch "
           f"{batch} arith examples = {tokens:.0f} tokens: {step:.2f} s a step, {flops / step / 1e9:.0f} GFLOP/s "
-          f"useful vs {peak / 1e9:.0f} GFLOP/s for this machine's best matmul at the model's layer shapes)")
+          f"in its matmuls vs {peak / 1e9:.0f} GFLOP/s for this machine's best matmul at the model's layer shapes)")
 
 
 def bench_trl(quick: bool) -> None:

@@ -28,6 +28,7 @@ from forgetune.data.formats import load_examples, load_records
 from forgetune.data.hub import is_dataset_name, resolve_data
 from forgetune.errors import ForgetuneError
 from forgetune.io import (
+    NpyFile,
     atomic_path,
     fingerprint_path,
     hash_obj,
@@ -277,14 +278,15 @@ def score(run: Run) -> dict[str, Any]:
     pad, offsets = run.tokenizer.pad_token_id, example_offsets(run.examples)
     n_tokens = int(offsets[-1])
     main = process_state().is_main_process
-    # The main process streams its arrays into the stage's temporary folder (memory stays flat in the corpus size);
-    # under `accelerate launch` the others hold in-memory partial arrays that the all-reduce fills in.
-    with atomic_path(run.stage_dir("score"), is_dir=True) if main else contextlib.nullcontext() as tmp:
+    # The main process writes its arrays slice by slice into files in the stage's temporary folder (memory stays flat
+    # in the corpus size); under `accelerate launch` the others hold in-memory partial arrays the all-reduce fills in.
+    with (atomic_path(run.stage_dir("score"), is_dir=True) if main else contextlib.nullcontext()) as tmp, \
+            contextlib.ExitStack() as files:
 
-        def array(name: str) -> np.ndarray:
+        def array(name: str) -> np.ndarray | NpyFile:
             if tmp is None:
                 return np.zeros(n_tokens, dtype=np.float32)
-            return np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n_tokens,))
+            return files.enter_context(NpyFile(tmp / f"{name}.npy", n_tokens))
 
         base = load_model(run.model_path, **load_options(cfg.model))
         ce_base = token_ce(base, run.examples, pad, cfg.score.score_batch_size, out=array("ce_base"),
@@ -296,21 +298,30 @@ def score(run: Run) -> dict[str, Any]:
             token_ce(ref, run.examples, pad, cfg.score.score_batch_size, indices=part["score"], out=ce_ref,
                      desc=f"scoring reference {k + 1}/{len(plan)}")
             del ref
-        scores = np.subtract(ce_base, ce_ref, out=array("scores"))
-        bad = int((~np.isfinite(scores)).sum())
-        if bad:
-            raise ForgetuneError(f"{bad} non-finite score(s): check the models' dtype")
+        stats = _subtract_in_chunks(ce_base, ce_ref, array("scores"))
         if tmp is not None:
-            for written in (ce_base, ce_ref, scores):
-                written.flush()
             save_npy(tmp / "offsets.npy", offsets)
             write_json(tmp / "ids.json", run.examples.ids)
-        stats = {"tokens": int(scores.size), "mean_score": float(scores.mean()),
-                 "mean_ce_base": float(ce_base.mean()), "mean_ce_ref": float(ce_ref.mean())}
     info = run.layout.finish("score", key, started, run.data_counts, **stats)
     if not cfg.reference.keep_references and main:
         _delete_references(ref_dir)
     return info
+
+
+def _subtract_in_chunks(ce_base: np.ndarray | NpyFile, ce_ref: np.ndarray | NpyFile,
+                        scores: np.ndarray | NpyFile, chunk: int = 1 << 22) -> dict[str, Any]:
+    """scores = ce_base - ce_ref, and the stage's means, a chunk at a time (nothing corpus-sized is held)."""
+    n, sums, bad = len(scores), np.zeros(3), 0
+    for start in range(0, n, chunk):
+        base, ref = ce_base[start : start + chunk], ce_ref[start : start + chunk]
+        diff = base - ref
+        bad += int((~np.isfinite(diff)).sum())
+        scores[start : start + chunk] = diff
+        sums += [diff.sum(dtype=np.float64), base.sum(dtype=np.float64), ref.sum(dtype=np.float64)]
+    if bad:
+        raise ForgetuneError(f"{bad} non-finite score(s): check the models' dtype")
+    mean_score, mean_ce_base, mean_ce_ref = (sums / n if n else sums).tolist()
+    return {"tokens": n, "mean_score": mean_score, "mean_ce_base": mean_ce_base, "mean_ce_ref": mean_ce_ref}
 
 
 def _delete_references(ref_dir: Path) -> None:

@@ -43,15 +43,38 @@ def test_empty_corpus():
     np.testing.assert_array_equal(example_offsets(corpus), [0])
 
 
-@pytest.mark.parametrize(("vocab", "bytes_a_token"), [(65_536, 3), (128_256, 5)])
-def test_three_bytes_a_token_while_ids_fit_in_16_bits_else_five(vocab, bytes_a_token):
+@pytest.mark.parametrize(("vocab", "id_bytes"), [(65_536, 2), (128_256, 4)])
+def test_two_bytes_and_a_bit_a_token_while_ids_fit_in_16_bits_else_four(vocab, id_bytes):
     rng = np.random.default_rng(0)
     examples = [Example(str(i), ids := rng.integers(0, 50_000, 100).tolist(), [X] * 40 + ids[40:], [])
                 for i in range(200)]
     examples[150].input_ids[-1] = examples[150].labels[-1] = vocab - 1  # a late id past 16 bits widens the array
     corpus = Corpus.pack(examples)
-    assert corpus.tokens.nbytes + corpus.response.nbytes == bytes_a_token * 200 * 100
+    assert corpus.tokens.nbytes == id_bytes * 200 * 100 and corpus.response_bits.nbytes == 200 * 100 // 8
     assert list(corpus) == examples
+
+
+def test_response_bits_across_byte_and_packing_boundaries(monkeypatch):
+    """Examples of odd lengths start mid-byte, and flags are packed in batches: every example's mask survives."""
+    import forgetune.data.corpus as corpus_module
+
+    monkeypatch.setattr(corpus_module, "_PACK_FLAGS", 13)  # pack every few examples, leaving a remainder each time
+    rng = np.random.default_rng(1)
+    examples = []
+    for i in range(60):
+        ids = rng.integers(0, 100, int(rng.integers(1, 12))).tolist()
+        labels = [t if rng.random() < 0.5 else X for t in ids]
+        examples.append(Example(str(i), ids, labels, []))
+    corpus = Corpus.pack(examples)
+    assert list(corpus) == examples
+    assert corpus.response_bits.nbytes == -(-sum(len(ex.input_ids) for ex in examples) // 8)
+
+
+def test_empty_prompt_and_meta_are_fresh_each_time():
+    corpus = Corpus.pack([Example("a", [1, 2], [X, 2], [])])
+    corpus[0].meta["x"] = 1
+    corpus[0].prompt_messages.append({"role": "user", "content": "q"})
+    assert corpus[0].meta == {} and corpus[0].prompt_messages == []
 
 
 def test_labels_must_be_the_ids_on_response_tokens():

@@ -10,6 +10,7 @@ import torch
 
 from forgetune.data.corpus import IGNORE_INDEX, Example, example_offsets
 from forgetune.data.formats import Record, tokenize_records
+from forgetune.io import NpyFile
 from forgetune.models import load_model
 from forgetune.scoring.scorer import token_ce
 from forgetune.scoring.token_logps import response_token_ce, target_mask
@@ -209,6 +210,36 @@ def test_token_ce_indices_write_only_their_slices(tiny_model, scored_examples, t
             np.testing.assert_allclose(piece, full[offsets[i] : offsets[i + 1]], rtol=1e-5, atol=1e-5)
         else:
             assert (piece == -1.0).all()
+
+
+def test_token_ce_into_an_npy_file_equals_the_array(tiny_model, scored_examples, tokenizer, tmp_path):
+    """The score stage's output: written slice by slice to an .npy file that np.load reads as the same array."""
+    n = int(example_offsets(scored_examples)[-1])
+    with NpyFile(tmp_path / "ce.npy", n) as out:
+        assert token_ce(tiny_model, scored_examples, tokenizer.pad_token_id, batch_size=2, indices=[4, 0, 2],
+                        out=out) is out
+        tail = out[n - 3 :]
+    full = token_ce(tiny_model, scored_examples, tokenizer.pad_token_id, batch_size=2)
+    written = np.load(tmp_path / "ce.npy")
+    assert written.dtype == np.float32 and written.shape == (n,)
+    offsets = example_offsets(scored_examples)
+    for i in range(len(scored_examples)):  # the indices' slices hold their CE, the others the file's zeros
+        expected = full[offsets[i] : offsets[i + 1]] if i in (0, 2, 4) else 0.0
+        np.testing.assert_allclose(written[offsets[i] : offsets[i + 1]], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(tail, written[n - 3 :])
+
+
+def test_npy_file_slices(tmp_path):
+    with NpyFile(tmp_path / "a.npy", 10) as a:
+        a[2:5] = [1.5, 2.5, 3.5]
+        a[-2:] = np.array([9, 8])
+        assert a[0:3].tolist() == [0.0, 0.0, 1.5] and len(a) == 10 and a[7:3].size == 0
+        a[0:1] += 1  # slices read back writable
+        with pytest.raises(ValueError, match="2 values for a slice of 3"):
+            a[0:3] = [1, 2]
+        with pytest.raises(ValueError, match="contiguous"):
+            a[::2]
+    assert np.load(tmp_path / "a.npy").tolist() == [1, 0, 1.5, 2.5, 3.5, 0, 0, 0, 9, 8]
 
 
 @pytest.mark.parametrize("softcap", [None, 30.0])

@@ -1,8 +1,8 @@
-"""A tokenised corpus packed into flat arrays, so its size in memory is 3-5 bytes a token.
+"""A tokenised corpus packed into flat arrays, so its size in memory is 2-4 bytes and a bit a token.
 
 As Python lists of ints a tokenised corpus takes about 30 bytes a token (a pointer per id, an int object per id and
 per label): 10^5 chat examples were 400 MB, 10^7 would be 40 GB, in every process of a data-parallel run. Packed,
-the ids are one uint16 or int32 array and the response mask one bool array; an `Example` (with its lists) is built
+the ids are one uint16 or int32 array and the response mask one bit array; an `Example` (with its lists) is built
 only when asked for, one at a time, so every reader of a list of examples reads a `Corpus` unchanged."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, overload
 import numpy as np
 
 IGNORE_INDEX = -100
+_PACK_FLAGS = 1 << 16  # response flags gathered before they are packed into bits
 
 
 @dataclass
@@ -36,18 +37,22 @@ class Corpus(Sequence[Example]):
     """Examples in corpus order; `lengths` and `response_offsets` answer the batching and scoring questions without
     building any example. Built by `pack`."""
 
-    def __init__(self, ids: list[str], tokens: np.ndarray, response: np.ndarray, starts: np.ndarray,
-                 response_offsets: np.ndarray, prompts: list[list[dict[str, str]]], metas: list[dict[str, Any]]):
-        self.ids, self.tokens, self.response, self.starts = ids, tokens, response, starts
+    def __init__(self, ids: list[str], tokens: np.ndarray, response_bits: np.ndarray, starts: np.ndarray,
+                 response_offsets: np.ndarray, prompts: list[list[dict[str, str]] | None],
+                 metas: list[dict[str, Any] | None]):
+        self.ids, self.tokens, self.response_bits, self.starts = ids, tokens, response_bits, starts
         self.response_offsets, self.prompts, self.metas = response_offsets, prompts, metas
         self.lengths = np.diff(starts)
 
     @classmethod
     def pack(cls, examples: Iterable[Example]) -> Corpus:
         """Pack examples one at a time (an iterable of them need never exist as a list). Ids are stored as uint16
-        while every id fits (vocabularies up to 65,536: SmolLM2, Llama 2, Mistral), else as int32."""
+        while every id fits (vocabularies up to 65,536: SmolLM2, Llama 2, Mistral), else as int32; the response
+        mask as bits, 8 tokens a byte. An empty prompt or meta is kept as None (TRL's prepared rows have neither),
+        not as one empty list and one empty dict an example."""
         ids, prompts, metas = [], [], []
-        tokens, response, starts, offsets = array("H"), bytearray(), array("q", [0]), array("q", [0])
+        tokens, starts, offsets = array("H"), array("q", [0]), array("q", [0])
+        bits, pending = bytearray(), bytearray()  # the mask packed so far, and the tokens' flags not yet packed
         for ex in examples:
             if len(ex.input_ids) != len(ex.labels):
                 raise ValueError(f"example {ex.id}: {len(ex.input_ids)} input ids, {len(ex.labels)} labels")
@@ -58,14 +63,19 @@ class Corpus(Sequence[Example]):
             if tokens.typecode == "H" and len(ex.input_ids) and max(ex.input_ids) > 0xFFFF:
                 tokens = array("i", tokens)
             ids.append(ex.id)
-            prompts.append(ex.prompt_messages)
-            metas.append(ex.meta)
+            prompts.append(ex.prompt_messages or None)
+            metas.append(ex.meta or None)
             tokens.extend(ex.input_ids)
-            response.extend(is_response.astype(np.uint8).tobytes())
+            pending.extend(is_response.astype(np.uint8).tobytes())
+            if len(pending) >= _PACK_FLAGS:
+                whole = len(pending) // 8 * 8
+                bits.extend(np.packbits(np.frombuffer(pending, np.uint8, whole)).tobytes())
+                del pending[:whole]
             starts.append(len(tokens))
             offsets.append(offsets[-1] + int(is_response.sum()))
+        bits.extend(np.packbits(np.frombuffer(pending, np.uint8)).tobytes())
         token_dtype = np.uint16 if tokens.typecode == "H" else np.int32
-        return cls(ids, np.frombuffer(tokens, dtype=token_dtype), np.frombuffer(response, dtype=np.bool_),
+        return cls(ids, np.frombuffer(tokens, dtype=token_dtype), np.frombuffer(bits, dtype=np.uint8),
                    np.frombuffer(starts, dtype=np.int64), np.frombuffer(offsets, dtype=np.int64), prompts, metas)
 
     def __len__(self) -> int:
@@ -82,13 +92,14 @@ class Corpus(Sequence[Example]):
         i = range(len(self))[i]  # negative indices, and IndexError past the end
         a, b = int(self.starts[i]), int(self.starts[i + 1])
         input_ids = self.tokens[a:b].astype(np.int64)
-        labels = np.where(self.response[a:b], input_ids, IGNORE_INDEX)
-        return Example(self.ids[i], input_ids.tolist(), labels.tolist(), self.prompts[i], self.metas[i])
+        is_response = np.unpackbits(self.response_bits[a // 8 : (b + 7) // 8])[a % 8 : a % 8 + b - a].astype(bool)
+        labels = np.where(is_response, input_ids, IGNORE_INDEX)
+        return Example(self.ids[i], input_ids.tolist(), labels.tolist(), self.prompts[i] or [], self.metas[i] or {})
 
     @property
     def nbytes(self) -> int:
         """Bytes of the packed token arrays (what grows with the corpus; ids, prompts and meta are extra)."""
-        return self.tokens.nbytes + self.response.nbytes + self.starts.nbytes + self.response_offsets.nbytes
+        return self.tokens.nbytes + self.response_bits.nbytes + self.starts.nbytes + self.response_offsets.nbytes
 
 
 def example_offsets(examples: Sequence[Example]) -> np.ndarray:

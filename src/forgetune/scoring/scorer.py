@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from forgetune.data.collator import Collator
 from forgetune.data.corpus import Example, example_lengths, example_offsets
+from forgetune.io import NpyFile
 from forgetune.processes import process_state
 from forgetune.scoring.token_logps import model_response_token_ce
 
@@ -25,10 +26,11 @@ def token_ce(
     pad_token_id: int,
     batch_size: int = 16,
     indices: Sequence[int] | None = None,
-    out: np.ndarray | None = None,
+    out: np.ndarray | NpyFile | None = None,
     desc: str = "scoring",
-) -> np.ndarray:
-    """CE of each response token of examples[indices] written into `out` (flat, corpus order, float32).
+) -> np.ndarray | NpyFile:
+    """CE of each response token of examples[indices] written into `out` (flat, corpus order, float32; an array, or
+    an `NpyFile` that keeps the scores out of memory).
 
     Examples are visited longest first in batches of similar length, so little compute goes to padding. Under
     `accelerate launch` each process scores every num_processes-th example of that order (balanced lengths) and
@@ -62,13 +64,15 @@ def token_ce(
     return out
 
 
-def _sum_across_processes(out: np.ndarray, indices: np.ndarray | None, offsets: np.ndarray) -> None:
+def _sum_across_processes(out: np.ndarray | NpyFile, indices: np.ndarray | None, offsets: np.ndarray) -> None:
     """All-reduce the tokens this call scored (all of `out`, or the slices of `indices`), in bounded chunks."""
     import torch.distributed as dist
 
-    if indices is None:  # the whole array, reduced in place through views
-        for start in range(0, out.size, _REDUCE_CHUNK):
-            dist.all_reduce(torch.from_numpy(out[start : start + _REDUCE_CHUNK]))
+    if indices is None:  # the whole array, a chunk at a time
+        for start in range(0, len(out), _REDUCE_CHUNK):
+            chunk = out[start : start + _REDUCE_CHUNK]  # an array's view (reduced in place), or read from the file
+            dist.all_reduce(torch.from_numpy(chunk))
+            out[start : start + _REDUCE_CHUNK] = chunk
         return
     slices = [(int(offsets[i]), int(offsets[i + 1])) for i in np.sort(indices)]
     flat = np.concatenate([out[a:b] for a, b in slices]) if slices else np.zeros(0, np.float32)
