@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):  # a benchmark never fetches
+    os.environ.setdefault(_flag, "1")
 
 from forgetune import partition_tokens  # noqa: E402
 
@@ -68,9 +71,9 @@ def bench_step(steps: int) -> None:
     """One optimizer step of `forget` vs `sft` on the same model, batch and tokens."""
     from transformers import AutoTokenizer
 
-    from conftest import TOKENIZER_DIR, build_tiny_llama
     from forgetune.objectives import TokenBatch, build
     from forgetune.scoring.token_logps import response_token_ce, target_mask
+    from tests_helpers import TOKENIZER_DIR, build_tiny_llama
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     torch.manual_seed(0)
@@ -349,13 +352,13 @@ def bench_trl(quick: bool) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from conftest import TOKENIZER_DIR
     from forgetune.config import ModelConfig, TrainConfig
     from forgetune.data.collator import make_features
     from forgetune.data.formats import Record, tokenize_records
     from forgetune.models import embedded_model_dir, load_tokenizer, load_trainable
     from forgetune.objectives import build
     from forgetune.trainer import fit
+    from tests_helpers import TOKENIZER_DIR
 
     steps, batch, repeats = (4, 4, 3) if quick else (4, 8, 3)
     name = "random Llama 128x2, vocab 49152" if quick else "SmolLM2-135M (49k vocabulary)"

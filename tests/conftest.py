@@ -12,12 +12,10 @@ for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
-from tests_helpers import write_jsonl  # noqa: E402
+from tests_helpers import TOKENIZER_DIR, build_tiny_llama, write_jsonl  # noqa: E402, F401 (re-exported to tests)
 
-ASSETS = Path(__file__).parent / "assets"
-TOKENIZER_DIR = ASSETS / "tiny-tokenizer"
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -28,16 +26,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tokenizer():
     return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-
-
-def build_tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    return LlamaForCausalLM(config)
 
 
 @pytest.fixture(scope="session")

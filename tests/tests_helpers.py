@@ -1,10 +1,27 @@
-"""Small helpers shared by tests (importable because pytest puts tests/ on sys.path via conftest)."""
+"""Small helpers shared by tests and benchmarks/speed.py (importable because pytest puts tests/ on sys.path via
+conftest). Importing this module changes nothing in the process; conftest's test-wide settings stay in conftest."""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+
+TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny-tokenizer"
+
+
+def build_tiny_llama(vocab_size: int, seed: int = 0):
+    """A 32-wide, 2-layer random Llama (a LlamaForCausalLM) from a config: no download."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

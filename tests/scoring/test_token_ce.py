@@ -267,3 +267,23 @@ def test_head_on_response_rows_only_equals_the_full_forward(softcap):
     got = model_response_token_ce(model, input_ids, attention_mask, labels, chunk_rows=4)
     assert got.shape == (int(target_mask(labels).sum()),)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_score_stage_subtracts_in_chunks(tmp_path):
+    """scores = CE_base - CE_ref and the stage's means, chunk by chunk into a file, equal the whole-array numbers; a
+    non-finite score anywhere is counted and refused."""
+    from forgetune.errors import ForgetuneError
+    from forgetune.pipeline import _subtract_in_chunks
+
+    rng = np.random.default_rng(0)
+    base, ref = rng.random(10, dtype=np.float32) * 3, rng.random(10, dtype=np.float32)
+    with NpyFile(tmp_path / "scores.npy", 10) as scores:
+        stats = _subtract_in_chunks(base, ref, scores, chunk=3)  # chunks of 3, 3, 3 and 1
+    np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), base - ref)
+    assert stats["tokens"] == 10
+    assert stats["mean_score"] == pytest.approx(float(np.mean(base.astype(np.float64) - ref)), rel=1e-6)
+    assert stats["mean_ce_base"] == pytest.approx(float(base.mean()), rel=1e-6)
+    assert stats["mean_ce_ref"] == pytest.approx(float(ref.mean()), rel=1e-6)
+    base[[1, 8]] = [np.inf, np.nan]
+    with pytest.raises(ForgetuneError, match="2 non-finite score"):
+        _subtract_in_chunks(base, ref, np.zeros(10, np.float32), chunk=3)
