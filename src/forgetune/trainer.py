@@ -314,7 +314,7 @@ def fit(
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
             dataloader_pin_memory=on_gpu,
             use_cpu=not on_gpu,  # a CPU state: several launched CPU processes then form one gloo group
-            bf16=dtype == torch.bfloat16 and on_gpu,
+            bf16=cfg.bf16 or (dtype == torch.bfloat16 and on_gpu),
             disable_tqdm=not log.isEnabledFor(logging.INFO),
         )
     except ValueError as e:
