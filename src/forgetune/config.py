@@ -163,8 +163,9 @@ class TrainConfig:
     )
     bf16: bool = option(
         False, "Mixed precision: float32 weights and optimiser, matmuls in bfloat16 autocast (transformers' bf16). "
-        "About 2x faster on a CPU with AMX (with --attn-implementation eager; CPU SDPA is slow in bf16) and on "
-        "GPUs; the numbers differ slightly from float32. With --dtype auto on a GPU the weights are bfloat16 anyway."
+        "Faster where bfloat16 matmuls are: GPUs, and CPUs with AMX (there with --attn-implementation eager: "
+        "PyTorch's CPU SDPA backward is slow in bfloat16; docs/performance.md). Results differ slightly from float32. "
+        "With --dtype auto on a GPU the weights are bfloat16 anyway."
     )
     logging_steps: int = option(5, "Log losses every N steps.")
     save_steps: int = option(0, "If > 0, checkpoint every N steps so an interrupted stage resumes.")

@@ -117,51 +117,48 @@ def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
 
 
 class NpyFile:
-    """A flat .npy file read and written a slice at a time (pread / pwrite), for arrays that grow with the corpus.
+    """A flat .npy file read and written a slice at a time, for arrays that grow with the corpus.
 
     A memory-mapped array would do the same, but every page it touches counts in the process's resident memory
     until the kernel writes it back; slices written here go to the file and leave the process as small as it was.
-    Supports `a[i:j]` (a new array) and `a[i:j] = values`, which is all the scorer asks of its output."""
+    Supports `a[i:j]` (a new, writable array) and `a[i:j] = values`, which is all the scorer asks of its output."""
 
     def __init__(self, path: str | os.PathLike, size: int, dtype: Any = np.float32):
         self.dtype, self.size = np.dtype(dtype), size
-        with open(path, "wb") as f:  # the header, then the file grown to its full (sparse) length
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                     "fortran_order": False, "shape": (size,)})
-            self._data_start = f.tell()
-            f.truncate(self._data_start + size * self.dtype.itemsize)
-        self._fd = os.open(path, os.O_RDWR)
+        self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed by close / the with block)
+        np.lib.format.write_array_header_1_0(self._file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                          "fortran_order": False, "shape": (size,)})
+        self._data_start = self._file.tell()
+        self._file.truncate(self._data_start + size * self.dtype.itemsize)  # full length, sparse where unwritten
 
     def __len__(self) -> int:
         return self.size
 
-    def _byte_range(self, key: slice) -> tuple[int, int]:
+    def _seek(self, key: slice) -> int:
+        """Seek to the slice's first byte; its length in bytes."""
         start, stop, step = key.indices(self.size)
         if step != 1:
             raise ValueError("NpyFile slices must be contiguous")
-        stop = max(start, stop)
-        return self._data_start + start * self.dtype.itemsize, (stop - start) * self.dtype.itemsize
+        self._file.seek(self._data_start + start * self.dtype.itemsize)
+        return max(0, stop - start) * self.dtype.itemsize
 
     def __getitem__(self, key: slice) -> np.ndarray:
-        offset, length = self._byte_range(key)
-        data = bytearray(length)
-        if os.preadv(self._fd, [data], offset) != length:
-            raise OSError(f"short read of an .npy file at byte {offset}")
+        data = bytearray(self._seek(key))
+        if self._file.readinto(data) != len(data):
+            raise OSError(f"{self._file.name}: short read")
         return np.frombuffer(data, dtype=self.dtype)  # writable: it owns its bytearray
 
     def __setitem__(self, key: slice, values: Any) -> None:
-        offset, length = self._byte_range(key)
+        length = self._seek(key)
         data = np.ascontiguousarray(values, dtype=self.dtype)
         if data.nbytes != length:
             raise ValueError(f"{data.size} values for a slice of {length // self.dtype.itemsize}")
         view = memoryview(data).cast("B")
-        while view:  # pwrite may write less than asked
-            view = view[os.pwrite(self._fd, view, offset + length - len(view)):]
+        while view:  # an unbuffered write may write less than asked
+            view = view[self._file.write(view):]
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._file.close()
 
     def __enter__(self) -> NpyFile:
         return self
