@@ -121,8 +121,8 @@ def score_dataset(dataset: Dataset, model: str, *, processing_class=None, args: 
     if not examples or not example_offsets(examples)[-1]:
         raise ForgetuneError("score_dataset: no example has a token to train on after TRL's preparation")
     tokens = hashlib.sha256()
-    for ex in examples:
-        tokens.update(np.asarray([len(ex.input_ids), *ex.input_ids, *ex.labels], dtype=np.int64).tobytes())
+    for packed in (examples.starts, examples.tokens, examples.response_bits):  # every example's ids and labels
+        tokens.update(packed)
     data_key = hash_obj("trl-data", tokens.hexdigest(), model_fingerprint(model_path))
     run_dir = Path(output_dir) if output_dir is not None else cache_dir() / "scored" / hash_obj(data_key, cfg.to_dict())
     cfg.output = str(run_dir)
