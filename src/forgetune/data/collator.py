@@ -38,8 +38,10 @@ class TokenFeatures(Sequence[dict[str, Any]]):
             counts, scored = np.diff(example_offsets(examples)), np.diff(np.asarray(offsets))
             if len(counts) != len(scored):
                 raise ValueError(f"{len(counts)} examples, offsets for {len(scored)}")
-            for i in np.flatnonzero(counts != scored)[:1]:
-                raise ValueError(f"example {examples[int(i)].id}: {counts[i]} response tokens, {scored[i]} scores")
+            mismatched = np.flatnonzero(counts != scored)
+            if mismatched.size:
+                i = int(mismatched[0])
+                raise ValueError(f"example {examples[i].id}: {counts[i]} response tokens, {scored[i]} scores")
 
     def __len__(self) -> int:
         return len(self.examples)
