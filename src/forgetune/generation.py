@@ -1,8 +1,9 @@
 """Batched generation with left padding (so every prompt ends where generation starts), prompts of similar length
-batched together."""
+batched together; several samples of a prompt share one pass over the prompt."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -22,8 +23,8 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     device = next(model.parameters()).device
     model.eval()
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0,
-                "num_return_sequences": samples} if temperature > 0 else {"do_sample": False}
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {
+        "do_sample": False}
     answers: list[list[str]] = [[] for _ in texts]
     bar = tqdm(total=len(texts) * samples, desc="generating", unit="answer", leave=False,
                disable=not log.isEnabledFor(logging.INFO))
@@ -31,13 +32,50 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
         chosen = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True, padding_side="left",
                           add_special_tokens=False).to(device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
+        out = model.generate(**_with_samples(model, batch, samples), max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         decoded = [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-        for k, i in enumerate(chosen):  # generate returns each prompt's samples together
+        for k, i in enumerate(chosen):  # each prompt's samples come together
             answers[i] = decoded[k * samples : (k + 1) * samples]
         bar.update(len(new_tokens))
     bar.close()
     return [a for per_prompt in answers for a in per_prompt]
 
+
+def _with_samples(model, batch, samples: int) -> dict:
+    """`generate`'s inputs for `samples` answers to each prompt of `batch`.
+
+    generate's own `num_return_sequences` repeats each prompt before its first forward pass, so 4 samples of 50
+    prompts run the model over 200 prompts. Here the prompts but their last token run once, into a KV cache that is
+    then repeated for the samples; generate continues from it with the last token (the same positions, mask and
+    random draws: the same answers, the prompt pass `samples` times cheaper). Models that take no such cache get
+    `num_return_sequences`."""
+    cache_arg = _cache_argument(model)
+    if samples == 1 or cache_arg is None or batch["input_ids"].shape[1] < 2:
+        return {**batch, "num_return_sequences": samples}
+    from transformers import DynamicCache
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate numbers left-padded prompts
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True,
+          logits_to_keep=1, **{cache_arg: cache})
+    cache.batch_repeat_interleave(samples)
+    repeat = {"input_ids": ids, "attention_mask": mask}
+    return {**{key: value.repeat_interleave(samples, dim=0) for key, value in repeat.items()}, cache_arg: cache}
+
+
+def _cache_argument(model) -> str | None:
+    """The name under which `model` takes a KV cache (transformers renamed past_key_values to cache), or None for a
+    model that cannot continue from a given cache: encoder-decoders, recurrent or linear-attention caches."""
+    config = getattr(model, "config", None)
+    if config is None or config.is_encoder_decoder:
+        return None
+    supports = getattr(model, "_supports_default_dynamic_cache", None)
+    if not callable(supports) or not supports():
+        return None
+    parameters = inspect.signature(model.forward).parameters
+    if "logits_to_keep" not in parameters or "position_ids" not in parameters:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)

@@ -399,3 +399,32 @@ def test_generation_batches_by_length_and_returns_answers_in_the_prompts_order(t
     sampled = generate_answers(LengthModel(), tokenizer, prompts, max_new_tokens=1, batch_size=2, samples=3,
                                temperature=1.0)
     assert sampled == [a for a in expected for _ in range(3)]
+
+
+def test_samples_of_a_prompt_share_one_prompt_pass_and_draw_the_same_answers(tokenizer, monkeypatch):
+    """Sampled answers through the shared prompt cache equal generate's own num_return_sequences draws (same seed);
+    the prompt runs once per prompt, not once per sample: a batch of 2 prompts x 4 samples passes 2 rows of the
+    prompt (all but its last token), then 8 rows of one token."""
+    from forgetune import generation
+    from tests_helpers import build_tiny_llama
+
+    model = build_tiny_llama(len(tokenizer))
+    prompts = [[{"role": "user", "content": "tell me " * n + "more"}] for n in (1, 9, 3)]
+    shapes = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                          with_kwargs=True)
+
+    def sample():
+        torch.manual_seed(3)
+        return generation.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=2, samples=4,
+                                           temperature=1.0)
+
+    shared = sample()
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)  # the first batch's
+    assert shapes[:2] == [(2, longest - 1), (8, 1)]
+    monkeypatch.setattr(generation, "_with_samples", lambda model, batch, samples: {**batch,
+                                                                                    "num_return_sequences": samples})
+    shapes.clear()
+    assert sample() == shared and len(set(shared)) > 4  # random draws of a random model: answers differ
+    assert shapes[0] == (8, longest)  # generate's own way: every sample runs the whole prompt
