@@ -3,7 +3,7 @@
     python benchmarks/gpu.py --json docs/gpu.json     # a randomly initialised Llama-3.2-1B (128k vocabulary), bf16
     python benchmarks/gpu.py --smoke                  # a tiny config on the CPU: checks the script itself
 
-Prints `NAME ratio=R target=T ok|MISS (detail)` lines like benchmarks/speed.py: scoring tokens/s vs the raw forward,
+Prints `NAME ratio=R target=T ok|MISS (detail)` lines like benchmarks/run.py: scoring tokens/s vs the raw forward,
 a forget step vs an sft step, training peak memory with the chunked head vs the full logits, and training tokens/s at
 the largest batch of 2048-token sequences that fits.
 """

@@ -1,12 +1,13 @@
 """Speed benchmarks that print ratios measured in the same run: `NAME ratio=X target=Y ok|MISS`.
 
-    python benchmarks/speed.py           # the embedded SmolLM2-135M where a target needs a real model
-    python benchmarks/speed.py --quick   # small random models and sizes, about a minute
+    python benchmarks/run.py           # the embedded SmolLM2-135M where a target needs a real model
+    python benchmarks/run.py --quick   # small random models and sizes, about a minute
 
 Targets (issues #6, #21): scoring throughput vs the raw forward of the same models on the same tokens, flat peak RSS of
-scoring at two corpus sizes, training's peak RSS with a 128k vocabulary (chunked head vs full logits), a `forget` step
-vs an `sft` step, the global partition vs np.partition and vs a naive pure-Python sort, forgetune's `sft` tokens/s
-vs TRL's SFTTrainer, and a forget-npo step inside TRL (ForgetSFTTrainer) vs SFTTrainer's (needs `pip install trl`).
+scoring at two corpus sizes, training's peak RSS with a 128k vocabulary and its step time (chunked head vs full
+logits), a `forget` step vs an `sft` step, the global partition vs np.partition and vs a naive pure-Python sort,
+forgetune's `sft` tokens/s vs TRL's SFTTrainer, and a forget-npo step inside TRL (ForgetSFTTrainer) vs SFTTrainer's
+(needs `pip install trl`).
 """
 
 from __future__ import annotations
@@ -261,6 +262,56 @@ def bench_training_memory(quick: bool) -> None:
            f"{chunked / 1024:.0f} MB, full logits {full / 1024:.0f} MB")
 
 
+def bench_chunked_step_time(quick: bool) -> None:
+    """Training forward + backward with the chunked, checkpointed head (forgetune's path) vs the model's full logits:
+    on the benches' own model and data (prompt tokens skip the head; each response row's logits are recomputed in
+    the backward), and on the worst case for the chunks, a 64-wide 128k-vocabulary model whose every token is a
+    response token (the head is nearly all the compute, and its logits are computed twice). Interleaved, median of the
+    repeats."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from forgetune.bench.data import arith
+    from forgetune.data.collator import Collator
+    from forgetune.models import embedded_model_dir, load_tokenizer
+    from forgetune.scoring.token_logps import response_token_ce, training_response_token_ce
+
+    tokenizer = load_tokenizer(embedded_model_dir())
+    examples = prompt_completion_examples(arith.make_arith(16, noise=0.0, seed=0), tokenizer, "arith")
+    arith_batch = Collator(tokenizer.pad_token_id).examples(examples)
+    model, name = small_llama(49152, quick)
+    torch.manual_seed(0)
+    tokens = 1024 if quick else 2048
+    wide_vocab = LlamaForCausalLM(LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=128,
+                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                              max_position_embeddings=tokens))
+    ids = torch.randint(0, 128256, (1, tokens))
+    every_token = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    cases = ((f"{name}, 16 arith examples ({int(arith_batch['attention_mask'].sum())} tokens)", model, arith_batch,
+              "<=1.10", "training_step_time_chunked_vs_full_logits"),
+             (f"64-wide Llama, 128k vocabulary, {tokens} tokens all in the response", wide_vocab, every_token,
+              "report", "training_step_time_chunked_vs_full_logits_worst_case"))
+    for label, net, batch, target, line in cases:
+        net.train()
+
+        def chunked(net=net, batch=batch):
+            training_response_token_ce(net, batch, net)[0].mean().backward()
+
+        def full(net=net, batch=batch):
+            response_token_ce(net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                              batch["labels"]).mean().backward()
+
+        chunked(), full()  # warm-up
+        times: dict[str, list[float]] = {"chunked": [], "full": []}
+        for _ in range(3 if quick else 7):
+            times["chunked"].append(best_of(chunked, 1))
+            times["full"].append(best_of(full, 1))
+        t_chunked, t_full = float(np.median(times["chunked"])), float(np.median(times["full"]))
+        ratio = t_chunked / t_full
+        ok = target == "report" or ratio <= 1.10
+        report(line, ratio, target, ok, f"{label}, forward + backward, median of {len(times['full'])} interleaved: "
+               f"chunked {1000 * t_chunked:.0f} ms, full logits {1000 * t_full:.0f} ms")
+
+
 def padded_fraction(lengths: list[int], order: list[int], batch_size: int) -> float:
     """Padding tokens over all tokens when the examples are batched in `order` (padded to each batch's longest)."""
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -453,6 +504,7 @@ def main() -> None:
     bench_scoring(args.quick)
     bench_scoring_memory(args.quick)
     bench_training_memory(args.quick)
+    bench_chunked_step_time(args.quick)
     bench_partition(10**7 if args.quick else 10**8, 10**5 if args.quick else 10**6)
     bench_step(5 if args.quick else 20)
     bench_padding()

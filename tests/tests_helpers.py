@@ -1,4 +1,4 @@
-"""Small helpers shared by tests and benchmarks/speed.py (importable because pytest puts tests/ on sys.path via
+"""Small helpers shared by tests and benchmarks/run.py (importable because pytest puts tests/ on sys.path via
 conftest). Importing this module changes nothing in the process; conftest's test-wide settings stay in conftest."""
 
 from __future__ import annotations
