@@ -194,7 +194,7 @@ import json, sys, tempfile
 import numpy as np, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from speed import synthetic_examples
+from run import synthetic_examples
 from forgetune.data.corpus import example_offsets
 from forgetune.io import NpyFile
 from forgetune.scoring.scorer import token_ce

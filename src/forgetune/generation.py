@@ -23,8 +23,8 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     device = next(model.parameters()).device
     model.eval()
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {
-        "do_sample": False}
+    sampling = ({"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0
+                else {"do_sample": False})
     answers: list[list[str]] = [[] for _ in texts]
     bar = tqdm(total=len(texts) * samples, desc="generating", unit="answer", leave=False,
                disable=not log.isEnabledFor(logging.INFO))

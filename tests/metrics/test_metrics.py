@@ -421,7 +421,7 @@ def test_samples_of_a_prompt_share_one_prompt_pass_and_draw_the_same_answers(tok
 
     shared = sample()
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)  # the first batch's
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)  # batched first
     assert shapes[:2] == [(2, longest - 1), (8, 1)]
     monkeypatch.setattr(generation, "_with_samples", lambda model, batch, samples: {**batch,
                                                                                     "num_return_sequences": samples})
