@@ -41,6 +41,16 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
+def interleaved(sides: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of one call of each side, taken in turn (A B A B ...) `repeats` times, so that every side sees the same
+    machine state."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            times[name].append(best_of(fn, 1))
+    return times
+
+
 def report(name: str, ratio: float, target: str, ok: bool, detail: str) -> None:
     print(f"{name} ratio={ratio:.3f} target={target} {'ok' if ok else 'MISS'}  ({detail})")
 
@@ -102,10 +112,7 @@ def bench_step(steps: int) -> None:
     sft, forget = make_step("sft"), make_step("forget")
     for fn in (sft, forget):  # warm-up
         fn()
-    times: dict[str, list[float]] = {"sft": [], "forget": []}
-    for _ in range(steps):  # interleaved, so both see the same machine state
-        times["sft"].append(best_of(sft, 1))
-        times["forget"].append(best_of(forget, 1))
+    times = interleaved({"sft": sft, "forget": forget}, steps)
     t_sft, t_forget = min(times["sft"]), min(times["forget"])
     ratio = t_forget / t_sft
     report("forget_step_vs_sft_step", ratio, "<=1.03", ratio <= 1.03,
@@ -301,10 +308,7 @@ def bench_chunked_step_time(quick: bool) -> None:
                               batch["labels"]).mean().backward()
 
         chunked(), full()  # warm-up
-        times: dict[str, list[float]] = {"chunked": [], "full": []}
-        for _ in range(3 if quick else 7):
-            times["chunked"].append(best_of(chunked, 1))
-            times["full"].append(best_of(full, 1))
+        times = interleaved({"chunked": chunked, "full": full}, 3 if quick else 7)
         t_chunked, t_full = float(np.median(times["chunked"])), float(np.median(times["full"]))
         ratio = t_chunked / t_full
         ok = target == "report" or ratio <= 1.10
