@@ -280,7 +280,7 @@ def bench_chunked_step_time(quick: bool) -> None:
     from forgetune.bench.data import arith
     from forgetune.data.collator import Collator
     from forgetune.models import embedded_model_dir, load_tokenizer
-    from forgetune.scoring.token_logps import response_token_ce, training_response_token_ce
+    from forgetune.scoring.token_logps import response_token_ce, shared_start, training_response_token_ce
 
     tokenizer = load_tokenizer(embedded_model_dir())
     examples = prompt_completion_examples(arith.make_arith(16, noise=0.0, seed=0), tokenizer, "arith")
@@ -300,20 +300,30 @@ def bench_chunked_step_time(quick: bool) -> None:
     for label, net, batch, target, line in cases:
         net.train()
 
-        def chunked(net=net, batch=batch):
-            training_response_token_ce(net, batch, net)[0].mean().backward()
+        def chunked(net=net, batch=batch, share_prefix=False):
+            training_response_token_ce(net, batch, net, share_prefix=share_prefix)[0].mean().backward()
 
         def full(net=net, batch=batch):
             response_token_ce(net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
                               batch["labels"]).mean().backward()
 
-        chunked(), full()  # warm-up
-        times = interleaved({"chunked": chunked, "full": full}, 3 if quick else 7)
-        t_chunked, t_full = float(np.median(times["chunked"])), float(np.median(times["full"]))
-        ratio = t_chunked / t_full
+        sides = {"chunked": chunked, "full": full}
+        if batch is arith_batch:  # the same step with the examples' common start run once (the trainer's default)
+            sides["shared"] = lambda net=net, batch=batch: chunked(net, batch, share_prefix=True)
+        for side in sides.values():  # warm-up
+            side()
+        times = {name: float(np.median(t)) for name, t in interleaved(sides, 3 if quick else 7).items()}
+        ratio = times["chunked"] / times["full"]
         ok = target == "report" or ratio <= 1.10
-        report(line, ratio, target, ok, f"{label}, forward + backward, median of {len(times['full'])} interleaved: "
-               f"chunked {1000 * t_chunked:.0f} ms, full logits {1000 * t_full:.0f} ms")
+        repeats = f"forward + backward, median of {3 if quick else 7} interleaved"
+        report(line, ratio, target, ok, f"{label}, {repeats}: chunked {1000 * times['chunked']:.0f} ms, full logits "
+               f"{1000 * times['full']:.0f} ms")
+        if "shared" in times:
+            start = shared_start(batch["input_ids"], batch["attention_mask"])
+            report("training_step_time_shared_prefix_vs_not", times["shared"] / times["chunked"], "report", True,
+                   f"{label}, their first {start} of {batch['input_ids'].shape[1]} tokens in common (system prompt "
+                   f"and template), {repeats}: run once per batch {1000 * times['shared']:.0f} ms, once per example "
+                   f"{1000 * times['chunked']:.0f} ms")
 
 
 def padded_fraction(lengths: list[int], order: list[int], batch_size: int) -> float:

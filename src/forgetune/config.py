@@ -161,6 +161,12 @@ class TrainConfig:
         False, "Batches of examples of similar length (little padding; transformers' group_by_length). It changes the "
         "order the examples are seen in, so results differ from the default random order: off by default."
     )
+    share_prefix: bool = option(
+        True, "Run the tokens every example of a batch starts with (a chat template's system prompt, a shared "
+        "instruction) once per batch instead of once per example, into a KV cache the examples continue from: the "
+        "same loss and gradients up to float rounding, faster when the shared start is long (the arith bench: "
+        "docs/performance.md). Off by itself under gradient checkpointing, FSDP and DeepSpeed."
+    )
     bf16: bool = option(
         False, "Mixed precision: float32 weights and optimiser, matmuls in bfloat16 autocast (transformers' bf16). "
         "Faster where bfloat16 matmuls are: GPUs, and CPUs with AMX (there with --attn-implementation eager: "

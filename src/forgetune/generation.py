@@ -3,11 +3,12 @@ batched together; several samples of a prompt share one pass over the prompt."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import torch
 from tqdm.auto import tqdm
+
+from forgetune.models import cache_argument
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _with_samples(model, batch, samples: int) -> dict:
     then repeated for the samples; generate continues from it with the last token (the same positions, mask and
     random draws: the same answers, the prompt pass `samples` times cheaper). Models that take no such cache get
     `num_return_sequences`."""
-    cache_arg = _cache_argument(model)
+    cache_arg = cache_argument(model)
     if samples == 1 or cache_arg is None or batch["input_ids"].shape[1] < 2:
         return {**batch, "num_return_sequences": samples}
     from transformers import DynamicCache
@@ -64,18 +65,3 @@ def _with_samples(model, batch, samples: int) -> dict:
     cache.batch_repeat_interleave(samples)
     repeat = {"input_ids": ids, "attention_mask": mask}
     return {**{key: value.repeat_interleave(samples, dim=0) for key, value in repeat.items()}, cache_arg: cache}
-
-
-def _cache_argument(model) -> str | None:
-    """The name under which `model` takes a KV cache (transformers renamed past_key_values to cache), or None for a
-    model that cannot continue from a given cache: encoder-decoders, recurrent or linear-attention caches."""
-    config = getattr(model, "config", None)
-    if config is None or config.is_encoder_decoder:
-        return None
-    supports = getattr(model, "_supports_default_dynamic_cache", None)
-    if not callable(supports) or not supports():
-        return None
-    parameters = inspect.signature(model.forward).parameters
-    if "logits_to_keep" not in parameters or "position_ids" not in parameters:
-        return None
-    return next((name for name in ("cache", "past_key_values") if name in parameters), None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,18 @@ def load_for_inference(path: Path, dtype: str = "float32", base: Path | None = N
         return AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **extra
                                                         ).merge_and_unload().to(device())
     return load_model(path, dtype, **loading)
+
+
+def cache_argument(model) -> str | None:
+    """The name under which `model` takes a KV cache (transformers renamed past_key_values to cache), or None for a
+    model that cannot continue from a given cache: encoder-decoders, recurrent or linear-attention caches."""
+    config = getattr(model, "config", None)
+    if config is None or config.is_encoder_decoder:
+        return None
+    supports = getattr(model, "_supports_default_dynamic_cache", None)
+    if not callable(supports) or not supports():
+        return None
+    parameters = inspect.signature(model.forward).parameters
+    if "logits_to_keep" not in parameters or "position_ids" not in parameters:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)

@@ -70,8 +70,34 @@ def _head_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
     return F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
+def shared_start(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many first tokens every row of a batch has in common, no padding among them: a system prompt, a shared
+    instruction or template."""
+    same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(0)
+    return int(same.long().cumprod(0).sum())
+
+
+def _prefix_cache_argument(base: torch.nn.Module, input_ids: torch.Tensor, start: int) -> str | None:
+    """The cache keyword under which `base` can run a batch's shared start once for all its rows, or None where that
+    does not pay (under a tenth of the batch's tokens saved) or cannot be done: gradient checkpointing (its
+    recomputation would write the cache again), PEFT prompt learning (it fills the cache itself), models that take no
+    KV cache."""
+    rows, length = input_ids.shape
+    if rows < 2 or not 0 < start < length or 10 * (rows - 1) * start < rows * length:
+        return None
+    inner = getattr(base, "get_base_model", lambda: base)()  # under a PEFT wrapper
+    checkpointing = ("is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing")
+                     else "is_gradient_checkpointing")  # transformers 5 renamed it
+    if getattr(inner, checkpointing, False) or getattr(getattr(base, "active_peft_config", None),
+                                                       "is_prompt_learning", False):
+        return None
+    from forgetune.models import cache_argument
+
+    return cache_argument(inner)
+
+
 def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.Tensor], base: torch.nn.Module,
-                               chunk_rows: int = 256) -> tuple[torch.Tensor, object]:
+                               chunk_rows: int = 256, share_prefix: bool = False) -> tuple[torch.Tensor, object]:
     """`response_token_ce` with gradients, without the (B, T, V) logits: (ce, the model's outputs).
 
     `model` is what the Trainer calls (maybe wrapped for data parallel), `base` the model inside it. The decoder's
@@ -79,7 +105,12 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     the N response rows then go through the head `chunk_rows` at a time, each chunk checkpointed: its logits are
     freed after the forward and recomputed in the backward, so memory holds one chunk of logits, not B x T x V.
     Models whose logits are transformed after the head, or without a decoder, head or `logits_to_keep`, take the
-    plain forward."""
+    plain forward.
+
+    `share_prefix`: the tokens every row starts with (`shared_start`: a chat template's system prompt) run once, into
+    a KV cache repeated for the rows, and the rest of each row continues from it: the same positions, attention and
+    loss, the shared start's compute paid once per batch instead of once per row (gradients equal up to float
+    rounding: the rows' contributions to it are summed in another order)."""
     labels = inputs["labels"]
     get_decoder = getattr(base, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
@@ -92,12 +123,26 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     caught: list[torch.Tensor] = []
     hook = decoder.register_forward_hook(lambda module, args, out: caught.append(
         out[0] if isinstance(out, tuple) else out.last_hidden_state))
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    start = shared_start(ids, attention) if share_prefix else 0
+    cache_arg = _prefix_cache_argument(base, ids, start) if start else None
     try:
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=1)
+        if cache_arg is None:
+            outputs = model(input_ids=ids, attention_mask=attention, logits_to_keep=1)
+        else:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=base.config)
+            model(input_ids=ids[:1, :start], attention_mask=attention[:1, :start], use_cache=True, logits_to_keep=1,
+                  **{cache_arg: cache})
+            cache.batch_repeat_interleave(ids.shape[0])
+            outputs = model(input_ids=ids[:, start:], attention_mask=attention, use_cache=True, logits_to_keep=1,
+                            **{cache_arg: cache})
     finally:
         hook.remove()
+    hidden = caught[-1] if cache_arg is None else torch.cat([caught[0].expand(ids.shape[0], -1, -1), caught[1]], 1)
     mask = target_mask(labels)
-    rows, targets = caught[-1][:, :-1][mask[:, 1:]], labels[mask]
+    rows, targets = hidden[:, :-1][mask[:, 1:]], labels[mask]
     if not torch.is_grad_enabled():
         return _chunked_ce(rows, targets, chunk_rows, head), outputs
     if not rows.shape[0]:
