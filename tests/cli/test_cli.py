@@ -437,6 +437,9 @@ def test_every_benchmark_runs_end_to_end(name, tiny_model_dir, tmp_path):
     results = json.loads((tmp_path / "results" / name / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["base", "default"]
     assert results["config"]["n_train"] == 12
+    sampled = 0 if name in ("gsm8k", "truthfulqa") else 4  # graded samples off where exact match sits at the floor
+    assert results["config"]["sampled"] == sampled
+    assert all((r["sampled_em_t1"] is None) == (sampled == 0) for r in results["runs"])
     headline = "mc_acc" if name == "truthfulqa" else "exact_match"
     assert all(0.0 <= r[headline] <= 1.0 for r in results["runs"])
     assert results["runs"][1]["example_auroc_min"] is not None  # the noise labels reached detection
