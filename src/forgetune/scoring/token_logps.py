@@ -7,8 +7,10 @@ import inspect
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
 
 from forgetune.data.corpus import IGNORE_INDEX
+from forgetune.models import cache_argument
 
 
 def target_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -91,8 +93,6 @@ def _prefix_cache_argument(base: torch.nn.Module, input_ids: torch.Tensor, start
     if getattr(inner, checkpointing, False) or getattr(getattr(base, "active_peft_config", None),
                                                        "is_prompt_learning", False):
         return None
-    from forgetune.models import cache_argument
-
     return cache_argument(inner)
 
 
@@ -130,8 +130,6 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
         if cache_arg is None:
             outputs = model(input_ids=ids, attention_mask=attention, logits_to_keep=1)
         else:
-            from transformers import DynamicCache
-
             cache = DynamicCache(config=base.config)
             model(input_ids=ids[:1, :start], attention_mask=attention[:1, :start], use_cache=True, logits_to_keep=1,
                   **{cache_arg: cache})
