@@ -111,3 +111,27 @@ def test_the_shared_start_runs_once_and_each_row_continues_from_it(batch, tokeni
     shuffled = {k: v.clone() for k, v in batch.items()}
     shuffled["input_ids"][0, 0] += 1  # no token in common
     assert decoder_calls(model, shuffled, share_prefix=True) == [(rows, length)]
+
+
+def test_a_lora_model_shares_the_start_with_the_same_ce_and_adapter_gradients(batch, tokenizer):
+    """LoRA (PEFT's wrapper passes the cache through to the model): the shared start runs once and the adapters get
+    the gradients of the per-row pass."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(build_tiny_llama(len(tokenizer)), LoraConfig(task_type="CAUSAL_LM", r=4,
+                                                                          target_modules="all-linear",
+                                                                          init_lora_weights=False))
+    results = []
+    for share_prefix in (False, True):
+        model.zero_grad()
+        ce, _ = training_response_token_ce(model, batch, model, share_prefix=share_prefix)
+        ce.mean().backward()
+        results.append((ce.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ce_rows, grads_rows), (ce_shared, grads_shared) = results
+    torch.testing.assert_close(ce_shared, ce_rows, rtol=1e-5, atol=1e-6)
+    assert grads_rows and all("lora_" in name for name in grads_rows) and grads_shared.keys() == grads_rows.keys()
+    for name, grad in grads_rows.items():
+        torch.testing.assert_close(grads_shared[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    start = shared_start(batch["input_ids"], batch["attention_mask"])
+    assert decoder_calls(model, batch, share_prefix=True)[0] == (1, start)
