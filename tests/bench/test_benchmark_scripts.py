@@ -35,7 +35,8 @@ def test_speed_script_quick_prints_every_target_line():
     assert done.returncode == 0, done.stderr[-2000:]
     names = {"scoring_throughput_vs_raw_forward", "scoring_peak_rss_1e+04_vs_1e+03", "scoring_own_rss_1e+04_vs_1e+03",
              "training_peak_rss_chunked_vs_full_logits", "training_step_time_chunked_vs_full_logits",
-             "training_step_time_chunked_vs_full_logits_worst_case", "partition_1e+07_vs_np_partition",
+             "training_step_time_chunked_vs_full_logits_worst_case", "training_step_time_shared_prefix_vs_not",
+             "partition_1e+07_vs_np_partition",
              "partition_1e+05_speedup_over_naive_python_sort", "forget_step_vs_sft_step",
              "padded_fraction_arith_grouped_vs_random", "padded_fraction_numwords_grouped_vs_random",
              "train_step_flops_vs_matmul_peak", "sft_tokens_per_s_vs_trl", "forget_in_trl_tokens_per_s_vs_sft"}
