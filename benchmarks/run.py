@@ -367,7 +367,7 @@ def bench_compute_bound(quick: bool) -> None:
     chat examples of ~49 tokens), its matmul FLOP/s (6 x tokens x the parameters every token multiplies: the
     non-embedding ones and the output head, which SmolLM2 ties to its embedding) over the best matmul throughput this
     machine reaches at the model's own layer shapes. Near 1, only fewer tokens (or a faster machine) make a method
-    faster."""
+    faster: the trainer's shared start (off here, so that every counted token runs) is such a cut."""
     from forgetune.bench.data import arith
     from forgetune.config import TrainConfig
     from forgetune.data.collator import make_features
@@ -384,7 +384,8 @@ def bench_compute_bound(quick: bool) -> None:
 
     def train(n: int) -> float:
         cfg = TrainConfig(objective="sft", batch_size=batch, save_steps=0, logging_steps=n, max_steps=n,
-                          learning_rate=5e-5, group_by_length=False)
+                          learning_rate=5e-5, group_by_length=False,
+                          share_prefix=False)  # every token runs: the FLOPs counted below are the step's own
         started = time.perf_counter()
         fit(model, tokenizer, make_features(examples[: batch * n]), build("sft"), cfg, Path(tempfile.mkdtemp()),
             key=f"bench-{n}")
