@@ -297,6 +297,7 @@ def bench_chunked_step_time(quick: bool) -> None:
               "<=1.10", "training_step_time_chunked_vs_full_logits"),
              (f"64-wide Llama, 128k vocabulary, {tokens} tokens all in the response", wide_vocab, every_token,
               "report", "training_step_time_chunked_vs_full_logits_worst_case"))
+    repeats = 3 if quick else 7
     for label, net, batch, target, line in cases:
         net.train()
 
@@ -312,17 +313,17 @@ def bench_chunked_step_time(quick: bool) -> None:
             sides["shared"] = lambda net=net, batch=batch: chunked(net, batch, share_prefix=True)
         for side in sides.values():  # warm-up
             side()
-        times = {name: float(np.median(t)) for name, t in interleaved(sides, 3 if quick else 7).items()}
+        times = {name: float(np.median(t)) for name, t in interleaved(sides, repeats).items()}
         ratio = times["chunked"] / times["full"]
         ok = target == "report" or ratio <= 1.10
-        repeats = f"forward + backward, median of {3 if quick else 7} interleaved"
-        report(line, ratio, target, ok, f"{label}, {repeats}: chunked {1000 * times['chunked']:.0f} ms, full logits "
+        measured = f"forward + backward, median of {repeats} interleaved"
+        report(line, ratio, target, ok, f"{label}, {measured}: chunked {1000 * times['chunked']:.0f} ms, full logits "
                f"{1000 * times['full']:.0f} ms")
         if "shared" in times:
             start = shared_start(batch["input_ids"], batch["attention_mask"])
             report("training_step_time_shared_prefix_vs_not", times["shared"] / times["chunked"], "report", True,
                    f"{label}, their first {start} of {batch['input_ids'].shape[1]} tokens in common (system prompt "
-                   f"and template), {repeats}: run once per batch {1000 * times['shared']:.0f} ms, once per example "
+                   f"and template), {measured}: run once per batch {1000 * times['shared']:.0f} ms, once per example "
                    f"{1000 * times['chunked']:.0f} ms")
 
 

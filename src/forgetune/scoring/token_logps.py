@@ -79,15 +79,15 @@ def shared_start(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
     return int(same.long().cumprod(0).sum())
 
 
-def _prefix_cache_argument(base: torch.nn.Module, input_ids: torch.Tensor, start: int) -> str | None:
-    """The cache keyword under which `base` can run a batch's shared start once for all its rows, or None where that
-    does not pay (under a tenth of the batch's tokens saved) or cannot be done: gradient checkpointing (its
-    recomputation would write the cache again), PEFT prompt learning (it fills the cache itself), models that take no
-    KV cache."""
+def _prefix_cache_argument(base: torch.nn.Module, inner: torch.nn.Module, input_ids: torch.Tensor,
+                           start: int) -> str | None:
+    """The cache keyword under which `base` (`inner`: the model inside a PEFT wrapper, else `base`) can run a batch's
+    shared start once for all its rows, or None where that does not pay (under a tenth of the batch's tokens saved)
+    or cannot be done: gradient checkpointing (its recomputation would write the cache again), PEFT prompt learning
+    (it fills the cache itself), models that take no KV cache."""
     rows, length = input_ids.shape
     if rows < 2 or not 0 < start < length or 10 * (rows - 1) * start < rows * length:
         return None
-    inner = getattr(base, "get_base_model", lambda: base)()  # under a PEFT wrapper
     checkpointing = ("is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing")
                      else "is_gradient_checkpointing")  # transformers 5 renamed it
     if getattr(inner, checkpointing, False) or getattr(getattr(base, "active_peft_config", None),
@@ -111,21 +111,21 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     a KV cache repeated for the rows, and the rest of each row continues from it: the same positions, attention and
     loss, the shared start's compute paid once per batch instead of once per row (gradients equal up to float
     rounding: the rows' contributions to it are summed in another order)."""
-    labels = inputs["labels"]
+    ids, attention, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
     get_decoder = getattr(base, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    forward = getattr(getattr(base, "get_base_model", lambda: base)(), "forward", None)
+    inner = getattr(base, "get_base_model", lambda: base)()  # under a PEFT wrapper
+    forward = getattr(inner, "forward", None)
     if (decoder is None or head is None or any(getattr(base.config, a, None) for a in _LOGIT_TRANSFORMS)
             or forward is None or "logits_to_keep" not in inspect.signature(forward).parameters):
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        outputs = model(input_ids=ids, attention_mask=attention)
         return response_token_ce(outputs.logits, labels), outputs
     caught: list[torch.Tensor] = []
     hook = decoder.register_forward_hook(lambda module, args, out: caught.append(
         out[0] if isinstance(out, tuple) else out.last_hidden_state))
-    ids, attention = inputs["input_ids"], inputs["attention_mask"]
     start = shared_start(ids, attention) if share_prefix else 0
-    cache_arg = _prefix_cache_argument(base, ids, start) if start else None
+    cache_arg = _prefix_cache_argument(base, inner, ids, start) if start else None
     try:
         if cache_arg is None:
             outputs = model(input_ids=ids, attention_mask=attention, logits_to_keep=1)

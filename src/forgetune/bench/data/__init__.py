@@ -46,7 +46,7 @@ class Spec:
     headline: str = "exact_match"
     trusted: bool = False  # make() takes n_trusted and returns a "trusted" split
     # Sampled answers per test prompt graded by exact match. Off where greedy exact match sits at the floor for every
-    # method (gsm8k 0-0.05, truthfulqa 0-0.06 with the 135M model): there the samples cost most of an evaluation
+    # method (gsm8k and truthfulqa 0-0.06 with the 135M model): there the samples cost most of an evaluation
     # (gsm8k 4 x 50 prompts x 128 tokens at two temperatures) and read 0-0.05 (docs/performance.md).
     sampled: int = 4
 
