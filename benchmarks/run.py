@@ -327,6 +327,63 @@ def bench_chunked_step_time(quick: bool) -> None:
                    f"{1000 * times['chunked']:.0f} ms")
 
 
+def shared_data() -> Path | None:
+    """`../shared/data` beside the repository (GSM8K, TruthfulQA), where the benches read them; None if absent."""
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return folder if folder.is_dir() else None
+
+
+def real_training_rows(name: str) -> list[dict] | None:
+    """The training rows `forgetune bench NAME` trains on for seed 0 at its default sizes (gsm8k, truthfulqa), or
+    None without ../shared/data."""
+    from forgetune.bench.data import spec
+
+    data = shared_data()
+    if data is None:
+        return None
+    bench = spec(name)
+    config = argparse.Namespace(data_dir=str(data), noise=0.3)
+    return bench.make(config, 0, bench.n_train, bench.n_test // 2, bench.n_test)["train"]
+
+
+def bench_padding_free_step_time(quick: bool) -> None:
+    """Training forward + backward of a batch of 8 truthfulqa training examples (the bench's batch; shared start on
+    both sides, as the trainer runs): packed in one row without padding (`padding_free`, where the cost model says it
+    pays) vs padded. Interleaved, median of the repeats."""
+    from forgetune.data.collator import Collator
+    from forgetune.models import embedded_model_dir, load_tokenizer
+    from forgetune.scoring import token_logps
+
+    rows = real_training_rows("truthfulqa")
+    if rows is None:
+        print("training_step_time_padding_free_vs_padded skipped: no ../shared/data/truthfulqa")
+        return
+    tokenizer = load_tokenizer(embedded_model_dir())
+    examples = prompt_completion_examples(rows[:8], tokenizer, "truthfulqa")
+    batch = Collator(tokenizer.pad_token_id).examples(examples)
+    model, name = small_llama(49152, quick)
+    model.train()
+    lengths, width = batch["attention_mask"].sum(1), batch["input_ids"].shape[1]
+    start = token_logps.shared_start(batch["input_ids"], batch["attention_mask"])
+    packs = token_logps._packing_pays(model.config, lengths, start, width)
+
+    def step(padding_free: bool) -> None:
+        token_logps.training_response_token_ce(model, batch, model, share_prefix=True,
+                                               padding_free=padding_free)[0].mean().backward()
+
+    sides = {"packed": lambda: step(True), "padded": lambda: step(False)}
+    for side in sides.values():  # warm-up
+        side()
+    repeats = 3 if quick else 7
+    times = {side: float(np.median(t)) for side, t in interleaved(sides, repeats).items()}
+    padded_tokens = 8 * (width - start)
+    report("training_step_time_padding_free_vs_padded", times["packed"] / times["padded"], "report", True,
+           f"{name}, 8 truthfulqa training examples of {int(lengths.min())}-{width} tokens, the first {start} "
+           f"shared; rests {int((lengths - start).sum())} tokens packed vs {padded_tokens} padded; the cost model "
+           f"{'packs' if packs else 'keeps them padded'}; forward + backward, median of {repeats} interleaved: "
+           f"{1000 * times['packed']:.0f} vs {1000 * times['padded']:.0f} ms")
+
+
 def padded_fraction(lengths: list[int], order: list[int], batch_size: int) -> float:
     """Padding tokens over all tokens when the examples are batched in `order` (padded to each batch's longest)."""
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -343,24 +400,49 @@ def prompt_completion_examples(rows: list[dict], tokenizer, name: str):
     return tokenize_records(records, tokenizer, 512, warn=False)[0]
 
 
-def bench_padding(batch_size: int = 16) -> None:
-    """Padded fraction of the training batches on the benchmarks' own data (SmolLM2's tokenizer and chat template):
-    the default random order vs --group-by-length (transformers' length-grouped sampler)."""
+def bench_padding(batch_size: int = 8) -> None:
+    """Padded fraction of the training batches on the benchmarks' own data (SmolLM2's tokenizer, chat template and
+    config; the benches' batch of 8): the default random order vs --group-by-length (transformers' length-grouped
+    sampler), and the random order's batches with `padding_free` (the default: the batches its cost model packs,
+    with SmolLM2's config and the shared start the trainer runs, hold no padding)."""
+    from transformers import AutoConfig
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from forgetune.bench.data import arith, numwords
+    from forgetune.data.collator import Collator
     from forgetune.models import embedded_model_dir, load_tokenizer
+    from forgetune.scoring.token_logps import _packing_pays, shared_start
 
     tokenizer = load_tokenizer(embedded_model_dir())
+    config = AutoConfig.from_pretrained(embedded_model_dir())
     corpora = {"arith": arith.make_arith(400, noise=0.3, seed=0),
                "numwords": numwords.make_numwords(400, 0, 0, 0, wrong_fraction=0.7, seed=0)["train"]}
+    for name in ("gsm8k", "truthfulqa"):  # with ../shared/data only
+        rows = real_training_rows(name)
+        if rows is None:
+            print(f"padded_fraction_{name}_grouped_vs_random skipped: no ../shared/data")
+        else:
+            corpora[name] = rows
     for name, rows in corpora.items():
-        lengths = prompt_completion_examples(rows, tokenizer, name).lengths.tolist()
+        examples = prompt_completion_examples(rows, tokenizer, name)
+        lengths = examples.lengths.tolist()
         torch.manual_seed(0)
-        random_order = padded_fraction(lengths, torch.randperm(len(lengths)).tolist(), batch_size)
+        order = torch.randperm(len(lengths)).tolist()
+        random_order = padded_fraction(lengths, order, batch_size)
         grouped = padded_fraction(lengths, list(LengthGroupedSampler(batch_size, lengths=lengths)), batch_size)
+        pads = tokens = packed = 0
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for chosen in batches:
+            batch = Collator(tokenizer.pad_token_id).examples([examples[i] for i in chosen])
+            mask, width = batch["attention_mask"], batch["input_ids"].shape[1]
+            packs = _packing_pays(config, mask.sum(1), shared_start(batch["input_ids"], mask), width)
+            packed += packs
+            tokens += int(mask.sum())
+            pads += 0 if packs else mask.numel() - int(mask.sum())
         print(f"padded_fraction_{name}_grouped_vs_random ratio={grouped / random_order:.2f} target=report ok  "
-              f"(batch {batch_size}: random order {random_order:.1%} padding, grouped {grouped:.1%})")
+              f"(batch {batch_size}: random order {random_order:.1%} padding, grouped {grouped:.1%}; the random "
+              f"order with padding_free {pads / (pads + tokens):.1%}: it packs {packed} of the {len(batches)} "
+              "batches)")
 
 
 def bench_compute_bound(quick: bool) -> None:
@@ -386,7 +468,7 @@ def bench_compute_bound(quick: bool) -> None:
     def train(n: int) -> float:
         cfg = TrainConfig(objective="sft", batch_size=batch, save_steps=0, logging_steps=n, max_steps=n,
                           learning_rate=5e-5, group_by_length=False,
-                          share_prefix=False)  # every token runs: the FLOPs counted below are the step's own
+                          share_prefix=False, padding_free=False)  # every token runs: the FLOPs counted below
         started = time.perf_counter()
         fit(model, tokenizer, make_features(examples[: batch * n]), build("sft"), cfg, Path(tempfile.mkdtemp()),
             key=f"bench-{n}")
@@ -522,6 +604,7 @@ def main() -> None:
     bench_scoring_memory(args.quick)
     bench_training_memory(args.quick)
     bench_chunked_step_time(args.quick)
+    bench_padding_free_step_time(args.quick)
     bench_partition(10**7 if args.quick else 10**8, 10**5 if args.quick else 10**6)
     bench_step(5 if args.quick else 20)
     bench_padding()

@@ -167,6 +167,13 @@ class TrainConfig:
         "same loss and gradients up to float rounding, faster when the shared start is long (the arith bench: "
         "docs/performance.md). Off by itself under gradient checkpointing, FSDP and DeepSpeed."
     )
+    padding_free: bool = option(
+        True, "Run a batch's examples packed end to end in one row, each token attending to its own example only (a "
+        "custom attention mask), so no padding token is computed: the same loss and gradients up to float rounding, "
+        "and the same batches as padded. Only where it is cheaper: packing makes each token attend over the whole "
+        "packed row, which costs more than the padding it saves on long examples (docs/performance.md). SDPA and "
+        "eager attention; off by itself with FSDP and DeepSpeed."
+    )
     bf16: bool = option(
         False, "Mixed precision: float32 weights and optimiser, matmuls in bfloat16 autocast (transformers' bf16). "
         "Faster where bfloat16 matmuls are: GPUs, and CPUs with AMX (there with --attn-implementation eager: "

@@ -197,10 +197,12 @@ class ObjectiveTrainer(ObjectiveLossMixin, Trainer):
     """forgetune's trainer: its features and collator carry the per-token labels (`forgetune.data.collator`).
     `answers`: held-out prompts answered at every evaluation, their exact match logged beside eval_loss."""
 
-    def __init__(self, *args: Any, answers: AnswerCheck | None = None, share_prefix: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, answers: AnswerCheck | None = None, share_prefix: bool = False,
+                 padding_free: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.answers = answers
         self.share_prefix = share_prefix
+        self.padding_free = padding_free
 
     def _get_train_sampler(self, train_dataset=None):
         """transformers' length-grouped sampler, told each example's length (unlearning's items hold a forget row and
@@ -219,7 +221,8 @@ class ObjectiveTrainer(ObjectiveLossMixin, Trainer):
             ce = response_token_ce(outputs.logits, inputs["labels"])
         else:
             ce, outputs = training_response_token_ce(model, inputs, self.accelerator.unwrap_model(model),
-                                                     share_prefix=self.share_prefix)
+                                                     share_prefix=self.share_prefix,
+                                                     padding_free=self.padding_free)
         return ce, flat_token_batch(inputs), outputs
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -333,6 +336,7 @@ def fit(
         max_negative_term=cfg.max_negative_term,
         answers=answers,
         share_prefix=cfg.share_prefix,
+        padding_free=cfg.padding_free,
     )
     if args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines either

@@ -96,8 +96,65 @@ def _prefix_cache_argument(base: torch.nn.Module, inner: torch.nn.Module, input_
     return cache_argument(inner)
 
 
+def _packable_lengths(base: torch.nn.Module, inner: torch.nn.Module, attention_mask: torch.Tensor
+                      ) -> torch.Tensor | None:
+    """Each row's length where its rows can run packed: right padding (each row its tokens, then padding), an
+    attention that takes a custom 4D mask (SDPA, eager) and no window shorter than the rows (sliding or chunked
+    attention would need its own mask), no PEFT prompt learning (its virtual tokens are not in the mask), a model
+    that takes position ids. Else None."""
+    rows, width = attention_mask.shape
+    window = getattr(base.config, "sliding_window", None) or getattr(base.config, "attention_chunk_size", None)
+    forward = getattr(inner, "forward", None)
+    if (rows < 2 or getattr(base.config, "_attn_implementation", None) not in ("sdpa", "eager")
+            or (window and width > window) or forward is None
+            or "position_ids" not in inspect.signature(forward).parameters
+            or getattr(getattr(base, "active_peft_config", None), "is_prompt_learning", False)):
+        return None
+    lengths = attention_mask.sum(1)
+    right_padded = torch.arange(width, device=attention_mask.device) < lengths[:, None]
+    return lengths if torch.equal(attention_mask.bool(), right_padded) else None
+
+
+def _packing_pays(config, lengths: torch.Tensor, start: int, width: int) -> bool:
+    """Whether the rows' rests (after a shared start of `start` tokens) cost at least a tenth less packed in one row
+    than padded to `width`. Packing drops the padding, but each packed token attends over the whole packed row (the
+    dense mask has no kernel that skips the other rows' blocks), so long packed rows lose. Cost per token: the layers'
+    matmuls (~8 d^2 + 6 d d_ff) plus ~6 d per key, the attention's share as measured on 2 CPU cores with PyTorch's
+    SDPA (SmolLM2-135M, docs/performance.md)."""
+    d = getattr(config, "hidden_size", None)
+    if not d:  # a config without the usual fields (a multimodal wrapper): keep the padded batch
+        return False
+    per_token = 8 * d * d + 6 * d * (getattr(config, "intermediate_size", None) or 4 * d)
+    packed_tokens = int((lengths - start).sum())
+    padded_tokens = len(lengths) * (width - start)
+    packed = packed_tokens * (per_token + 6 * d * (start + packed_tokens))
+    padded = padded_tokens * (per_token + 6 * d * width)
+    return packed <= 0.9 * padded
+
+
+def _packed_positions(rests: torch.Tensor, start: int) -> torch.Tensor:
+    """Each packed token's position in its own row: start, start + 1, ... for every row's rest."""
+    offsets = torch.cumsum(rests, 0) - rests
+    index = torch.arange(int(rests.sum()), device=rests.device)
+    return start + index - torch.repeat_interleave(offsets, rests)
+
+
+def _packed_attention_mask(rests: torch.Tensor, start: int, base: torch.nn.Module) -> torch.Tensor:
+    """(1, 1, P, start + P): a packed token sees the shared start and its own row's tokens up to itself, nothing of
+    the other rows. Boolean (True: attend) for SDPA; additive (0 or the dtype's minimum) for eager attention."""
+    row = torch.repeat_interleave(torch.arange(len(rests), device=rests.device), rests)
+    index = torch.arange(row.numel(), device=rests.device)
+    seen = (row[:, None] == row[None, :]) & (index[None, :] <= index[:, None])
+    seen = torch.cat([seen.new_ones(row.numel(), start), seen], 1)[None, None]
+    if base.config._attn_implementation == "sdpa":
+        return seen
+    dtype = next(base.parameters()).dtype
+    return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)
+
+
 def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.Tensor], base: torch.nn.Module,
-                               chunk_rows: int = 256, share_prefix: bool = False) -> tuple[torch.Tensor, object]:
+                               chunk_rows: int = 256, share_prefix: bool = False,
+                               padding_free: bool = False) -> tuple[torch.Tensor, object]:
     """`response_token_ce` with gradients, without the (B, T, V) logits: (ce, the model's outputs).
 
     `model` is what the Trainer calls (maybe wrapped for data parallel), `base` the model inside it. The decoder's
@@ -110,7 +167,11 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     `share_prefix`: the tokens every row starts with (`shared_start`: a chat template's system prompt) run once, into
     a KV cache repeated for the rows, and the rest of each row continues from it: the same positions, attention and
     loss, the shared start's compute paid once per batch instead of once per row (gradients equal up to float
-    rounding: the rows' contributions to it are summed in another order)."""
+    rounding: the rows' contributions to it are summed in another order).
+
+    `padding_free`: the rows (their rests after a shared start) run packed end to end in one row, each token seeing
+    the shared start and its own row's earlier tokens (`_packed_attention_mask`) at its own position, so no padding
+    token runs; only where that costs less (`_packing_pays`: the packed row's attention grows with its length)."""
     ids, attention, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
     get_decoder = getattr(base, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
@@ -126,21 +187,39 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
         out[0] if isinstance(out, tuple) else out.last_hidden_state))
     start = shared_start(ids, attention) if share_prefix else 0
     cache_arg = _prefix_cache_argument(base, inner, ids, start) if start else None
+    start = start if cache_arg is not None else 0
+    lengths = _packable_lengths(base, inner, attention) if padding_free else None
+    packed = lengths is not None and _packing_pays(base.config, lengths, start, ids.shape[1])
+    cache = DynamicCache(config=base.config) if cache_arg is not None else None
     try:
-        if cache_arg is None:
-            outputs = model(input_ids=ids, attention_mask=attention, logits_to_keep=1)
-        else:
-            cache = DynamicCache(config=base.config)
+        if cache is not None:
             model(input_ids=ids[:1, :start], attention_mask=attention[:1, :start], use_cache=True, logits_to_keep=1,
                   **{cache_arg: cache})
+        if packed:
+            rests = lengths - start
+            outputs = model(input_ids=ids[:, start:][attention[:, start:].bool()][None],
+                            attention_mask=_packed_attention_mask(rests, start, base),
+                            position_ids=_packed_positions(rests, start)[None], logits_to_keep=1,
+                            **({cache_arg: cache, "use_cache": True} if cache is not None else {}))
+        elif cache is not None:
             cache.batch_repeat_interleave(ids.shape[0])
             outputs = model(input_ids=ids[:, start:], attention_mask=attention, use_cache=True, logits_to_keep=1,
                             **{cache_arg: cache})
+        else:
+            outputs = model(input_ids=ids, attention_mask=attention, logits_to_keep=1)
     finally:
         hook.remove()
-    hidden = caught[-1] if cache_arg is None else torch.cat([caught[0].expand(ids.shape[0], -1, -1), caught[1]], 1)
     mask = target_mask(labels)
-    rows, targets = hidden[:, :-1][mask[:, 1:]], labels[mask]
+    targets = labels[mask]
+    if packed:  # each row's token t sits at t (in the shared start) or after the earlier rows' rests
+        flat = torch.cat([caught[0][0], caught[1][0]]) if start else caught[0][0]
+        offsets = torch.cumsum(lengths - start, 0) - (lengths - start)
+        column = torch.arange(ids.shape[1], device=ids.device)
+        in_flat = torch.where(column < start, column, offsets[:, None] + column)
+        rows = flat[in_flat[:, :-1][mask[:, 1:]]]
+    else:
+        hidden = caught[-1] if cache is None else torch.cat([caught[0].expand(ids.shape[0], -1, -1), caught[1]], 1)
+        rows = hidden[:, :-1][mask[:, 1:]]
     if not torch.is_grad_enabled():
         return _chunked_ce(rows, targets, chunk_rows, head), outputs
     if not rows.shape[0]:
