@@ -365,6 +365,7 @@ def bench_padding_free_step_time(quick: bool) -> None:
     model.train()
     lengths, width = batch["attention_mask"].sum(1), batch["input_ids"].shape[1]
     start = token_logps.shared_start(batch["input_ids"], batch["attention_mask"])
+    start = start if token_logps.sharing_pays(len(lengths), width, start) else 0  # as the trainer decides
     packs = token_logps._packing_pays(model.config, lengths, start, width)
 
     def step(padding_free: bool) -> None:
@@ -411,7 +412,7 @@ def bench_padding(batch_size: int = 8) -> None:
     from forgetune.bench.data import arith, numwords
     from forgetune.data.collator import Collator
     from forgetune.models import embedded_model_dir, load_tokenizer
-    from forgetune.scoring.token_logps import _packing_pays, shared_start
+    from forgetune.scoring.token_logps import _packing_pays, shared_start, sharing_pays
 
     tokenizer = load_tokenizer(embedded_model_dir())
     config = AutoConfig.from_pretrained(embedded_model_dir())
@@ -435,7 +436,9 @@ def bench_padding(batch_size: int = 8) -> None:
         for chosen in batches:
             batch = Collator(tokenizer.pad_token_id).examples([examples[i] for i in chosen])
             mask, width = batch["attention_mask"], batch["input_ids"].shape[1]
-            packs = _packing_pays(config, mask.sum(1), shared_start(batch["input_ids"], mask), width)
+            start = shared_start(batch["input_ids"], mask)
+            start = start if sharing_pays(len(chosen), width, start) else 0  # as the trainer decides
+            packs = _packing_pays(config, mask.sum(1), start, width)
             packed += packs
             tokens += int(mask.sum())
             pads += 0 if packs else mask.numel() - int(mask.sum())

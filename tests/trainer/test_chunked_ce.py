@@ -41,12 +41,15 @@ def batch(tmp_path_factory, tokenizer):
                     tokenizer)
 
 
+def ragged_rows() -> list[dict[str, str]]:
+    """8 examples of 1 to 36 answer words after a long common instruction: most of a padded batch is padding."""
+    instruction = "Answer in words, one word for each number, and nothing else. Count from one to"
+    return [{"prompt": f"{instruction} {n}.", "completion": " ".join(["one"] * n)} for n in (1, 36, 3, 20, 7, 2, 12, 5)]
+
+
 @pytest.fixture(scope="module")
 def ragged(tmp_path_factory, tokenizer):
-    """8 examples of 1 to 36 answer words after a long common instruction: most of the padded batch is padding."""
-    instruction = "Answer in words, one word for each number, and nothing else. Count from one to"
-    rows = [{"prompt": f"{instruction} {n}.", "completion": " ".join(["one"] * n)} for n in (1, 36, 3, 20, 7, 2, 12, 5)]
-    return collated(write_jsonl(tmp_path_factory.mktemp("ragged") / "r.jsonl", rows), tokenizer)
+    return collated(write_jsonl(tmp_path_factory.mktemp("ragged") / "r.jsonl", ragged_rows()), tokenizer)
 
 
 @pytest.fixture
@@ -242,8 +245,7 @@ def test_the_trainer_packs_by_default_and_takes_the_padded_step(tmp_path, tokeni
     from forgetune.config import TrainConfig
     from forgetune.trainer import fit
 
-    rows = [{"prompt": f"Count to {n}.", "completion": " ".join(["one"] * n)} for n in (1, 36, 3, 20, 7, 2, 12, 5)]
-    examples, _ = load_examples(write_jsonl(tmp_path / "r.jsonl", rows), tokenizer)
+    examples, _ = load_examples(write_jsonl(tmp_path / "r.jsonl", ragged_rows()), tokenizer)
     offsets = example_offsets(examples)
     features = make_features(examples, offsets, np.ones(int(offsets[-1]), np.int8),
                              np.full(int(offsets[-1]), 5.0, np.float32))
@@ -264,7 +266,7 @@ def test_the_trainer_packs_by_default_and_takes_the_padded_step(tmp_path, tokeni
         hook = model.get_decoder().register_forward_hook(lambda m, args, out, seen=seen: seen.rows_seen.append(
             out[0].shape[0]))
         cfg = TrainConfig(batch_size=8, max_steps=1, max_grad_norm=0.0, logging_steps=1, learning_rate=1e-3,
-                          padding_free=padding_free)
+                          padding_free=padding_free, share_prefix=False)  # one decoder call a step, packed or not
         fit(model, tokenizer, features, objectives.build("sft"), cfg, tmp_path / str(padding_free), key="k",
             callbacks=[seen])
         hook.remove()

@@ -79,19 +79,27 @@ def shared_start(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
     return int(same.long().cumprod(0).sum())
 
 
+def sharing_pays(rows: int, length: int, start: int) -> bool:
+    """Whether running a shared start of `start` tokens once saves at least a tenth of a (rows, length) batch."""
+    return rows >= 2 and 0 < start < length and 10 * (rows - 1) * start >= rows * length
+
+
+def _prompt_learning(base: torch.nn.Module) -> bool:
+    """A PEFT prompt-learning model: its virtual tokens fill the cache and are in no mask the batch carries."""
+    return getattr(getattr(base, "active_peft_config", None), "is_prompt_learning", False)
+
+
 def _prefix_cache_argument(base: torch.nn.Module, inner: torch.nn.Module, input_ids: torch.Tensor,
                            start: int) -> str | None:
     """The cache keyword under which `base` (`inner`: the model inside a PEFT wrapper, else `base`) can run a batch's
     shared start once for all its rows, or None where that does not pay (under a tenth of the batch's tokens saved)
     or cannot be done: gradient checkpointing (its recomputation would write the cache again), PEFT prompt learning
     (it fills the cache itself), models that take no KV cache."""
-    rows, length = input_ids.shape
-    if rows < 2 or not 0 < start < length or 10 * (rows - 1) * start < rows * length:
+    if not sharing_pays(*input_ids.shape, start):
         return None
     checkpointing = ("is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing")
                      else "is_gradient_checkpointing")  # transformers 5 renamed it
-    if getattr(inner, checkpointing, False) or getattr(getattr(base, "active_peft_config", None),
-                                                       "is_prompt_learning", False):
+    if getattr(inner, checkpointing, False) or _prompt_learning(base):
         return None
     return cache_argument(inner)
 
@@ -107,8 +115,7 @@ def _packable_lengths(base: torch.nn.Module, inner: torch.nn.Module, attention_m
     forward = getattr(inner, "forward", None)
     if (rows < 2 or getattr(base.config, "_attn_implementation", None) not in ("sdpa", "eager")
             or (window and width > window) or forward is None
-            or "position_ids" not in inspect.signature(forward).parameters
-            or getattr(getattr(base, "active_peft_config", None), "is_prompt_learning", False)):
+            or "position_ids" not in inspect.signature(forward).parameters or _prompt_learning(base)):
         return None
     lengths = attention_mask.sum(1)
     right_padded = torch.arange(width, device=attention_mask.device) < lengths[:, None]
@@ -132,11 +139,15 @@ def _packing_pays(config, lengths: torch.Tensor, start: int, width: int) -> bool
     return packed <= 0.9 * padded
 
 
+def _packed_offsets(rests: torch.Tensor) -> torch.Tensor:
+    """Where each row's rest begins in the packed row."""
+    return torch.cumsum(rests, 0) - rests
+
+
 def _packed_positions(rests: torch.Tensor, start: int) -> torch.Tensor:
     """Each packed token's position in its own row: start, start + 1, ... for every row's rest."""
-    offsets = torch.cumsum(rests, 0) - rests
     index = torch.arange(int(rests.sum()), device=rests.device)
-    return start + index - torch.repeat_interleave(offsets, rests)
+    return start + index - torch.repeat_interleave(_packed_offsets(rests), rests)
 
 
 def _packed_attention_mask(rests: torch.Tensor, start: int, base: torch.nn.Module) -> torch.Tensor:
@@ -190,13 +201,13 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     start = start if cache_arg is not None else 0
     lengths = _packable_lengths(base, inner, attention) if padding_free else None
     packed = lengths is not None and _packing_pays(base.config, lengths, start, ids.shape[1])
+    rests = lengths - start if packed else None
     cache = DynamicCache(config=base.config) if cache_arg is not None else None
     try:
         if cache is not None:
             model(input_ids=ids[:1, :start], attention_mask=attention[:1, :start], use_cache=True, logits_to_keep=1,
                   **{cache_arg: cache})
         if packed:
-            rests = lengths - start
             outputs = model(input_ids=ids[:, start:][attention[:, start:].bool()][None],
                             attention_mask=_packed_attention_mask(rests, start, base),
                             position_ids=_packed_positions(rests, start)[None], logits_to_keep=1,
@@ -213,9 +224,8 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     targets = labels[mask]
     if packed:  # each row's token t sits at t (in the shared start) or after the earlier rows' rests
         flat = torch.cat([caught[0][0], caught[1][0]]) if start else caught[0][0]
-        offsets = torch.cumsum(lengths - start, 0) - (lengths - start)
         column = torch.arange(ids.shape[1], device=ids.device)
-        in_flat = torch.where(column < start, column, offsets[:, None] + column)
+        in_flat = torch.where(column < start, column, _packed_offsets(rests)[:, None] + column)
         rows = flat[in_flat[:, :-1][mask[:, 1:]]]
     else:
         hidden = caught[-1] if cache is None else torch.cat([caught[0].expand(ids.shape[0], -1, -1), caught[1]], 1)
