@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -336,53 +338,60 @@ def shared_data() -> Path | None:
 def real_training_rows(name: str) -> list[dict] | None:
     """The training rows `forgetune bench NAME` trains on for seed 0 at its default sizes (gsm8k, truthfulqa), or
     None without ../shared/data."""
-    from forgetune.bench.data import spec
+    from forgetune.bench.data import spec, split_sizes
 
     data = shared_data()
     if data is None:
         return None
     bench = spec(name)
     config = argparse.Namespace(data_dir=str(data), noise=0.3)
-    return bench.make(config, 0, bench.n_train, bench.n_test // 2, bench.n_test)["train"]
+    return bench.make(config, 0, *split_sizes(bench.n_train, bench.n_test))["train"]
 
 
 def bench_padding_free_step_time(quick: bool) -> None:
-    """Training forward + backward of a batch of 8 truthfulqa training examples (the bench's batch; shared start on
-    both sides, as the trainer runs): packed in one row without padding (`padding_free`, where the cost model says it
-    pays) vs padded. Interleaved, median of the repeats."""
+    """Training forward + backward of a batch of 8 training examples of truthfulqa and of gsm8k (the benches' batch;
+    shared start on every side, as the trainer runs): packed in one row without padding (`padding_free`: each row
+    attended apart, the default under SDPA) vs padded, and packed under the dense mask alone (what other attentions
+    get) for comparison. Interleaved, median of the repeats."""
     from forgetune.data.collator import Collator
     from forgetune.models import embedded_model_dir, load_tokenizer
     from forgetune.scoring import token_logps
 
-    rows = real_training_rows("truthfulqa")
-    if rows is None:
-        print("training_step_time_padding_free_vs_padded skipped: no ../shared/data/truthfulqa")
-        return
-    tokenizer = load_tokenizer(embedded_model_dir())
-    examples = prompt_completion_examples(rows[:8], tokenizer, "truthfulqa")
-    batch = Collator(tokenizer.pad_token_id).examples(examples)
     model, name = small_llama(49152, quick)
     model.train()
-    lengths, width = batch["attention_mask"].sum(1), batch["input_ids"].shape[1]
-    start = token_logps.shared_start(batch["input_ids"], batch["attention_mask"])
-    start = start if token_logps.sharing_pays(len(lengths), width, start) else 0  # as the trainer decides
-    packs = token_logps._packing_pays(model.config, lengths, start, width)
+    tokenizer = load_tokenizer(embedded_model_dir())
+    for bench in ("truthfulqa", "gsm8k"):
+        line = f"training_step_time_padding_free_vs_padded_{bench}"
+        rows = real_training_rows(bench)
+        if rows is None:
+            print(f"{line} skipped: no ../shared/data/{bench}")
+            continue
+        batch = Collator(tokenizer.pad_token_id).examples(prompt_completion_examples(rows[:8], tokenizer, bench))
+        lengths, width = batch["attention_mask"].sum(1), batch["input_ids"].shape[1]
+        start = token_logps.shared_start(batch["input_ids"], batch["attention_mask"])
+        start = start if token_logps.sharing_pays(len(lengths), width, start) else 0  # as the trainer decides
+        decisions = {rowwise: token_logps._packing_pays(model.config, lengths, start, width, rowwise)
+                     for rowwise in (True, False)}
 
-    def step(padding_free: bool) -> None:
-        token_logps.training_response_token_ce(model, batch, model, share_prefix=True,
-                                               padding_free=padding_free)[0].mean().backward()
+        def step(padding_free: bool, rowwise: bool = True, batch=batch) -> None:
+            apart = nullcontext() if rowwise else mock.patch.object(token_logps, "_rowwise_possible", lambda *a: False)
+            with apart, mock.patch.object(token_logps, "_packing_pays", lambda *a: padding_free):
+                token_logps.training_response_token_ce(model, batch, model, share_prefix=True,
+                                                       padding_free=padding_free)[0].mean().backward()
 
-    sides = {"packed": lambda: step(True), "padded": lambda: step(False)}
-    for side in sides.values():  # warm-up
-        side()
-    repeats = 3 if quick else 7
-    times = {side: float(np.median(t)) for side, t in interleaved(sides, repeats).items()}
-    padded_tokens = 8 * (width - start)
-    report("training_step_time_padding_free_vs_padded", times["packed"] / times["padded"], "report", True,
-           f"{name}, 8 truthfulqa training examples of {int(lengths.min())}-{width} tokens, the first {start} "
-           f"shared; rests {int((lengths - start).sum())} tokens packed vs {padded_tokens} padded; the cost model "
-           f"{'packs' if packs else 'keeps them padded'}; forward + backward, median of {repeats} interleaved: "
-           f"{1000 * times['packed']:.0f} vs {1000 * times['padded']:.0f} ms")
+        sides = {"apart": lambda: step(True), "dense": lambda: step(True, rowwise=False),
+                 "padded": lambda: step(False)}
+        for side in sides.values():  # warm-up
+            side()
+        repeats = 3 if quick else 5
+        times = {side: float(np.median(t)) for side, t in interleaved(sides, repeats).items()}
+        report(line, times["apart"] / times["padded"], "report", True,
+               f"{name}, 8 {bench} training examples of {int(lengths.min())}-{width} tokens, the first {start} "
+               f"shared; rests {int((lengths - start).sum())} tokens packed vs {8 * (width - start)} padded; "
+               f"forward + backward, median of {repeats} interleaved: packed, rows attended apart "
+               f"{1000 * times['apart']:.0f} ms, packed under the dense mask {1000 * times['dense']:.0f}, padded "
+               f"{1000 * times['padded']:.0f}; the cost model packs it {'with' if decisions[True] else 'without'} "
+               f"rows apart and {'with' if decisions[False] else 'without'} under the dense mask")
 
 
 def padded_fraction(lengths: list[int], order: list[int], batch_size: int) -> float:
@@ -405,7 +414,7 @@ def bench_padding(batch_size: int = 8) -> None:
     """Padded fraction of the training batches on the benchmarks' own data (SmolLM2's tokenizer, chat template and
     config; the benches' batch of 8): the default random order vs --group-by-length (transformers' length-grouped
     sampler), and the random order's batches with `padding_free` (the default: the batches its cost model packs,
-    with SmolLM2's config and the shared start the trainer runs, hold no padding)."""
+    with SmolLM2's config, SDPA's rows attended apart and the shared start the trainer runs, hold no padding)."""
     from transformers import AutoConfig
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -438,7 +447,7 @@ def bench_padding(batch_size: int = 8) -> None:
             mask, width = batch["attention_mask"], batch["input_ids"].shape[1]
             start = shared_start(batch["input_ids"], mask)
             start = start if sharing_pays(len(chosen), width, start) else 0  # as the trainer decides
-            packs = _packing_pays(config, mask.sum(1), start, width)
+            packs = _packing_pays(config, mask.sum(1), start, width, rowwise=True)  # SDPA: rows apart
             packed += packs
             tokens += int(mask.sum())
             pads += 0 if packs else mask.numel() - int(mask.sum())

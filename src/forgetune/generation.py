@@ -1,5 +1,6 @@
 """Batched generation with left padding (so every prompt ends where generation starts), prompts of similar length
-batched together; several samples of a prompt share one pass over the prompt."""
+batched together; several samples of a prompt share one pass over the prompt; greedy answers that are done leave
+their batch."""
 
 from __future__ import annotations
 
@@ -33,9 +34,13 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
         chosen = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True, padding_side="left",
                           add_special_tokens=False).to(device)
-        out = model.generate(**_with_samples(model, batch, samples), max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        if temperature > 0 or samples > 1:
+            out = model.generate(**_with_samples(model, batch, samples), max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
+            new_tokens = out[:, batch["input_ids"].shape[1]:].tolist()
+        else:
+            new_tokens = _greedy_in_rounds(model, batch, max_new_tokens, tokenizer.pad_token_id,
+                                           tokenizer.eos_token_id)
         decoded = [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         for k, i in enumerate(chosen):  # each prompt's samples come together
             answers[i] = decoded[k * samples : (k + 1) * samples]
@@ -65,3 +70,36 @@ def _with_samples(model, batch, samples: int) -> dict:
     cache.batch_repeat_interleave(samples)
     repeat = {"input_ids": ids, "attention_mask": mask}
     return {**{key: value.repeat_interleave(samples, dim=0) for key, value in repeat.items()}, cache_arg: cache}
+
+
+def _greedy_in_rounds(model, batch, max_new_tokens: int, pad_token_id: int, eos_token_id: int,
+                      round_tokens: int = 16) -> list[list[int]]:
+    """Each row's greedy new tokens (up to its end-of-sequence token, included), generated `round_tokens` at a time:
+    after each round the rows that ended leave the batch and its KV cache, and the others continue from the cache.
+    generate's own loop runs every row until the last one ends, so a batch of short answers with one that runs to
+    the limit paid for every row to the limit. A row's greedy tokens depend on its own row only (up to float
+    rounding), so the answers are generate's. Models that take no such cache run generate once."""
+    cache_arg = cache_argument(model)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    width = ids.shape[1]
+    if cache_arg is None:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+        return out[:, width:].tolist()
+    from transformers import DynamicCache
+
+    cache, live, answers = DynamicCache(config=model.config), torch.arange(len(ids)), [[] for _ in range(len(ids))]
+    while len(live):
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=min(round_tokens, max_new_tokens),
+                             do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                             **{cache_arg: cache})
+        new = out[:, ids.shape[1]:]
+        max_new_tokens -= new.shape[1]
+        done = (new == eos_token_id).any(1) | (max_new_tokens <= 0)
+        for row in done.nonzero().flatten().tolist():
+            tokens = out[row, width:].tolist()
+            answers[live[row]] = tokens[: tokens.index(eos_token_id) + 1] if eos_token_id in tokens else tokens
+        keep = (~done).nonzero().flatten()
+        ids, mask, live = out[keep], torch.cat([mask, torch.ones_like(new)], 1)[keep], live[keep]
+        cache.batch_select_indices(keep)
+    return answers

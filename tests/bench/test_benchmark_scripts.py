@@ -42,6 +42,7 @@ def test_speed_script_quick_prints_every_target_line():
              "train_step_flops_vs_matmul_peak", "sft_tokens_per_s_vs_trl", "forget_in_trl_tokens_per_s_vs_sft"}
     if (REPO.parent / "shared" / "data").is_dir():  # the benches' real data: GSM8K and TruthfulQA batches
         names |= {"padded_fraction_gsm8k_grouped_vs_random", "padded_fraction_truthfulqa_grouped_vs_random",
-                  "training_step_time_padding_free_vs_padded"}
+                  "training_step_time_padding_free_vs_padded_truthfulqa",
+                  "training_step_time_padding_free_vs_padded_gsm8k"}
     printed = {line.split(" ratio=")[0] for line in done.stdout.splitlines() if " ratio=" in line}
     assert printed == names

@@ -428,3 +428,36 @@ def test_samples_of_a_prompt_share_one_prompt_pass_and_draw_the_same_answers(tok
     shapes.clear()
     assert sample() == shared and len(set(shared)) > 4  # random draws of a random model: answers differ
     assert shapes[0] == (8, longest)  # generate's own way: every sample runs the whole prompt
+
+
+def test_greedy_answers_that_are_done_leave_the_batch_with_generates_own_tokens(tokenizer):
+    """Greedy rows generated in rounds: a row that reached its end-of-sequence token leaves the batch and the KV
+    cache, the others continue from the cache, and every row's tokens are generate's own (one call, every row run to
+    the last one's end). The end token is one the random model says at different steps in different rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from forgetune import generation
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": "tell me " * n + "more"}], tokenize=False,
+                                           add_generation_prompt=True) for n in (1, 9, 3, 12, 0, 5)]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    plain = model.generate(**batch, max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=0)
+    steps = {}  # a token the rows first say at different steps
+    for row in plain[:, batch["input_ids"].shape[1]:].tolist():
+        for step, token in enumerate(row):
+            steps.setdefault(token, {}).setdefault(id(row), step)
+    end = max(steps, key=lambda t: (len(set(steps[t].values())), len(steps[t])))
+    assert len(set(steps[end].values())) >= 2 and len(steps[end]) < len(texts)  # rows end apart; some run on
+    expected = model.generate(**batch, max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=end)
+    shapes = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(kwargs["input_ids"].shape[0]),
+                                          with_kwargs=True)
+    rounds = generation._greedy_in_rounds(model, batch, 20, pad_token_id=0, eos_token_id=end, round_tokens=4)
+    expected = expected[:, batch["input_ids"].shape[1]:].tolist()
+    ended = [row[: row.index(end) + 1] if end in row else row for row in expected]
+    assert rounds == ended
+    assert shapes[0] == len(texts) and min(shapes) < len(texts)  # rows that ended left the batch

@@ -85,9 +85,14 @@ def test_chunked_head_gives_the_full_logits_ce_loss_and_gradients(loss, share_pr
         torch.testing.assert_close(grads_chunk[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("rowwise", [True, False], ids=["rows-apart", "dense-mask"])
 @pytest.mark.parametrize("share_prefix", [False, True], ids=["packed", "packed-after-shared-start"])
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda loss: loss.name)
-def test_packed_rows_give_the_full_logits_ce_loss_and_gradients(loss, share_prefix, ragged, tokenizer, always_pack):
+def test_packed_rows_give_the_full_logits_ce_loss_and_gradients(loss, share_prefix, rowwise, ragged, tokenizer,
+                                                                always_pack, monkeypatch):
+    """Packed rows attended apart (SDPA, the default) or under the dense mask alone (other attentions)."""
+    if not rowwise:
+        monkeypatch.setattr(token_logps, "_rowwise_possible", lambda *args: False)
     model = build_tiny_llama(len(tokenizer))
     calls = decoder_calls(model, ragged, share_prefix=share_prefix, padding_free=True)
     assert len(calls) == 1 + share_prefix and calls[-1][0] == 1  # packed, after the shared start if asked
@@ -142,16 +147,53 @@ def test_packing_only_where_it_can_hold(ragged, tokenizer, always_pack):
     assert decoder_calls(model, ragged, padding_free=True) == [(rows, length)]
 
 
-def test_packing_pays_for_short_ragged_rows_not_for_long_ones():
+def test_packing_pays_for_short_ragged_rows_not_for_long_ones_unless_attended_apart():
     """The cost model on SmolLM2-135M's shape, for batches of 8 the benches train on: truthfulqa's (start 24, rows of
-    49-63 tokens: packing measured 23 % faster) packs; gsm8k's (rows of 103-155 tokens: 7 % slower) and rows of one
-    length do not."""
+    49-63 tokens: packing measured 23 % faster under the dense mask) packs; gsm8k's (rows of 103-155 tokens: 7 %
+    slower under the dense mask) packs only with its rows attended apart; rows of one length never."""
     from transformers import LlamaConfig
 
     smollm = LlamaConfig(hidden_size=576, intermediate_size=1536)
-    assert token_logps._packing_pays(smollm, torch.tensor([53, 49, 51, 51, 49, 55, 63, 53]), 24, 63)
-    assert not token_logps._packing_pays(smollm, torch.tensor([103, 126, 155, 151, 144, 130, 149, 110]), 24, 155)
-    assert not token_logps._packing_pays(smollm, torch.full((8,), 40), 0, 40)
+    truthfulqa, gsm8k = torch.tensor([53, 49, 51, 51, 49, 55, 63, 53]), torch.tensor([103, 126, 155, 151, 144, 130,
+                                                                                      149, 110])
+    for rowwise in (False, True):
+        assert token_logps._packing_pays(smollm, truthfulqa, 24, 63, rowwise)
+        assert token_logps._packing_pays(smollm, gsm8k, 24, 155, rowwise) == rowwise
+        assert not token_logps._packing_pays(smollm, torch.full((8,), 40), 0, 40, rowwise)
+
+
+def test_packed_rows_are_attended_apart_and_the_config_is_restored(ragged, tokenizer, always_pack):
+    """Under SDPA the packed forward's attention runs one row at a time (each layer sees the rows' lengths), and the
+    model's config names SDPA again afterwards, even after an error. Under gradient checkpointing (whose recomputation
+    runs after the packed forward) the packed rows take the dense mask alone, with the same gradients."""
+    model = build_tiny_llama(len(tokenizer))
+    seen = []
+    rowwise = token_logps._rowwise_sdpa
+
+    def spy(module, query, *args, **kwargs):
+        seen.append((query.shape[2], token_logps._rows_in_flight.get()))
+        return rowwise(module, query, *args, **kwargs)
+
+    token_logps.AttentionInterface.register(token_logps._ROWWISE, spy)
+    try:
+        ce, value, grads = loss_and_grads(model, ragged, LOSSES[0], chunked=True, padding_free=True)
+        lengths = ragged["attention_mask"].sum(1).tolist()
+        assert seen == [(sum(lengths), lengths)] * model.config.num_hidden_layers
+        assert model.config._attn_implementation == "sdpa" and token_logps._rows_in_flight.get() is None
+        model.gradient_checkpointing_enable()
+        seen.clear()
+        ce_ckpt, value_ckpt, grads_ckpt = loss_and_grads(model, ragged, LOSSES[0], chunked=True, padding_free=True)
+        assert not seen and decoder_calls(model, ragged, padding_free=True) == [(1, sum(lengths))]
+        model.gradient_checkpointing_disable()
+    finally:
+        token_logps.AttentionInterface.register(token_logps._ROWWISE, rowwise)
+    torch.testing.assert_close(value_ckpt, value, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    with pytest.raises(RuntimeError, match="boom"), token_logps._rows_attended_apart(model.config, torch.tensor([2])):
+        assert model.config._attn_implementation == token_logps._ROWWISE
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa" and token_logps._rows_in_flight.get() is None
 
 
 def test_the_head_sees_one_position_in_the_forward_and_chunks_after(batch, tokenizer):

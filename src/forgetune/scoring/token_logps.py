@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from forgetune.data.corpus import IGNORE_INDEX
 from forgetune.models import cache_argument
@@ -95,13 +98,16 @@ def _prefix_cache_argument(base: torch.nn.Module, inner: torch.nn.Module, input_
     shared start once for all its rows, or None where that does not pay (under a tenth of the batch's tokens saved)
     or cannot be done: gradient checkpointing (its recomputation would write the cache again), PEFT prompt learning
     (it fills the cache itself), models that take no KV cache."""
-    if not sharing_pays(*input_ids.shape, start):
-        return None
-    checkpointing = ("is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing")
-                     else "is_gradient_checkpointing")  # transformers 5 renamed it
-    if getattr(inner, checkpointing, False) or _prompt_learning(base):
+    if not sharing_pays(*input_ids.shape, start) or _checkpointing(inner) or _prompt_learning(base):
         return None
     return cache_argument(inner)
+
+
+def _checkpointing(inner: torch.nn.Module) -> bool:
+    """Whether the model recomputes its layers in the backward (gradient checkpointing)."""
+    checkpointing = ("is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing")
+                     else "is_gradient_checkpointing")  # transformers 5 renamed it
+    return bool(getattr(inner, checkpointing, False))
 
 
 def _packable_lengths(base: torch.nn.Module, inner: torch.nn.Module, attention_mask: torch.Tensor
@@ -122,21 +128,75 @@ def _packable_lengths(base: torch.nn.Module, inner: torch.nn.Module, attention_m
     return lengths if torch.equal(attention_mask.bool(), right_padded) else None
 
 
-def _packing_pays(config, lengths: torch.Tensor, start: int, width: int) -> bool:
+def _packing_pays(config, lengths: torch.Tensor, start: int, width: int, rowwise: bool = False) -> bool:
     """Whether the rows' rests (after a shared start of `start` tokens) cost at least a tenth less packed in one row
-    than padded to `width`. Packing drops the padding, but each packed token attends over the whole packed row (the
-    dense mask has no kernel that skips the other rows' blocks), so long packed rows lose. Cost per token: the layers'
-    matmuls (~8 d^2 + 6 d d_ff) plus ~6 d per key, the attention's share as measured on 2 CPU cores with PyTorch's
-    SDPA (SmolLM2-135M, docs/performance.md)."""
+    than padded to `width`. Packing drops the padding; under a dense mask each packed token attends over the whole
+    packed row (no CPU kernel skips the other rows' blocks), so long packed rows lose, unless the rows are attended
+    apart (`rowwise`, `_rows_attended_apart`): then a token attends over the shared start and its own row only. Cost
+    per token: the layers' matmuls (~8 d^2 + 6 d d_ff) plus ~6 d per key, the attention's share as measured on 2 CPU
+    cores with PyTorch's SDPA (SmolLM2-135M, docs/performance.md)."""
     d = getattr(config, "hidden_size", None)
     if not d:  # a config without the usual fields (a multimodal wrapper): keep the padded batch
         return False
     per_token = 8 * d * d + 6 * d * (getattr(config, "intermediate_size", None) or 4 * d)
-    packed_tokens = int((lengths - start).sum())
-    padded_tokens = len(lengths) * (width - start)
-    packed = packed_tokens * (per_token + 6 * d * (start + packed_tokens))
-    padded = padded_tokens * (per_token + 6 * d * width)
+    rests = lengths - start
+    keys = start + (rests if rowwise else rests.sum())
+    packed = int((rests * (per_token + 6 * d * keys)).sum())
+    padded = len(lengths) * (width - start) * (per_token + 6 * d * width)
     return packed <= 0.9 * padded
+
+
+# Packed rows attended apart: transformers looks a model's attention function up by the name in its config at every
+# layer's forward, so for the packed forward the config names this one, which runs PyTorch's SDPA on each row's own
+# block (the shared start and the row itself) instead of on the whole packed row under the dense mask.
+_ROWWISE = "forgetune_packed_rows"
+_rows_in_flight: ContextVar[list[int] | None] = ContextVar(_ROWWISE, default=None)
+
+
+def _rowwise_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """SDPA of a packed row (query (1, H, P, D), keys (1, H, start + P, D)) one row at a time: the packed rows'
+    lengths come from `_rows_attended_apart`. Each row's queries see the shared start and the row's own keys, under
+    the dense mask's slice for those (or causal, with no shared start): the dense mask's result, without the other
+    rows' keys. Outside a packed forward (none in flight) it is plain SDPA."""
+    rests = _rows_in_flight.get()
+    if rests is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    start, offset, outputs = key.shape[2] - query.shape[2], 0, []
+    for n in rests:
+        queries, own = slice(offset, offset + n), slice(start + offset, start + offset + n)
+        if start:
+            keys, values = (torch.cat([x[:, :, :start], x[:, :, own]], 2) for x in (key, value))
+            mask = torch.cat([attention_mask[:, :, queries, :start], attention_mask[:, :, queries, own]], 3)
+        else:
+            keys, values, mask = key[:, :, own], value[:, :, own], None  # None: causal over the row
+        outputs.append(sdpa_attention_forward(module, query[:, :, queries], keys, values, mask, **kwargs)[0])
+        offset += n
+    return torch.cat(outputs, 1), None
+
+
+def _rowwise_possible(base: torch.nn.Module, inner: torch.nn.Module) -> bool:
+    """Whether packed rows can be attended apart: SDPA, a model that looks its attention function up in
+    transformers' AttentionInterface, one config (no sub-configs whose attention could differ), no gradient
+    checkpointing (its recomputation, after the packed forward, would run other kernels than the forward did)."""
+    return (getattr(base.config, "_attn_implementation", None) == "sdpa"
+            and getattr(type(inner), "_supports_attention_backend", False)
+            and not getattr(base.config, "sub_configs", None) and not _checkpointing(inner))
+
+
+@contextlib.contextmanager
+def _rows_attended_apart(config, rests: torch.Tensor):
+    """During the packed forward, the model's attention is `_rowwise_sdpa` over rows of `rests` tokens (the dense
+    mask is passed too: each row's block is cut from it)."""
+    if _ROWWISE not in AttentionInterface._global_mapping:
+        AttentionInterface.register(_ROWWISE, _rowwise_sdpa)
+    original = config._attn_implementation
+    token = _rows_in_flight.set(rests.tolist())
+    config._attn_implementation = _ROWWISE
+    try:
+        yield
+    finally:
+        config._attn_implementation = original
+        _rows_in_flight.reset(token)
 
 
 def _packed_offsets(rests: torch.Tensor) -> torch.Tensor:
@@ -182,7 +242,9 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
 
     `padding_free`: the rows (their rests after a shared start) run packed end to end in one row, each token seeing
     the shared start and its own row's earlier tokens (`_packed_attention_mask`) at its own position, so no padding
-    token runs; only where that costs less (`_packing_pays`: the packed row's attention grows with its length)."""
+    token runs; with SDPA each row is attended apart (`_rows_attended_apart`: a token's attention costs what it does
+    padded), else the packed row's attention grows with its length; packed only where that costs less
+    (`_packing_pays`)."""
     ids, attention, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
     get_decoder = getattr(base, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
@@ -200,7 +262,8 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     cache_arg = _prefix_cache_argument(base, inner, ids, start) if start else None
     start = start if cache_arg is not None else 0
     lengths = _packable_lengths(base, inner, attention) if padding_free else None
-    packed = lengths is not None and _packing_pays(base.config, lengths, start, ids.shape[1])
+    rowwise = lengths is not None and _rowwise_possible(base, inner)
+    packed = lengths is not None and _packing_pays(base.config, lengths, start, ids.shape[1], rowwise)
     rests = lengths - start if packed else None
     cache = DynamicCache(config=base.config) if cache_arg is not None else None
     try:
@@ -208,10 +271,11 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
             model(input_ids=ids[:1, :start], attention_mask=attention[:1, :start], use_cache=True, logits_to_keep=1,
                   **{cache_arg: cache})
         if packed:
-            outputs = model(input_ids=ids[:, start:][attention[:, start:].bool()][None],
-                            attention_mask=_packed_attention_mask(rests, start, base),
-                            position_ids=_packed_positions(rests, start)[None], logits_to_keep=1,
-                            **({cache_arg: cache, "use_cache": True} if cache is not None else {}))
+            with _rows_attended_apart(base.config, rests) if rowwise else contextlib.nullcontext():
+                outputs = model(input_ids=ids[:, start:][attention[:, start:].bool()][None],
+                                attention_mask=_packed_attention_mask(rests, start, base),
+                                position_ids=_packed_positions(rests, start)[None], logits_to_keep=1,
+                                **({cache_arg: cache, "use_cache": True} if cache is not None else {}))
         elif cache is not None:
             cache.batch_repeat_interleave(ids.shape[0])
             outputs = model(input_ids=ids[:, start:], attention_mask=attention, use_cache=True, logits_to_keep=1,

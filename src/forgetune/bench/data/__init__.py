@@ -83,6 +83,11 @@ def _corrected(record: dict[str, Any]) -> dict[str, Any]:
             "meta": {**record["meta"], "corrupted": False}}
 
 
+def split_sizes(n_train: int, n_test: int) -> tuple[int, int, int]:
+    """(train, dev, test) sizes of a benchmark's splits: the dev split is half the test split."""
+    return n_train, max(n_test // 2, 1), n_test
+
+
 def build_benchmark(cfg, seed: int, out_dir: Path) -> dict[str, Any]:
     """Write the seed's files; returns their paths, the answer extraction and any lm-eval task over them."""
     bench = spec(cfg.name)
@@ -91,7 +96,7 @@ def build_benchmark(cfg, seed: int, out_dir: Path) -> dict[str, Any]:
     if n_trusted and not bench.trusted:
         trusted_ones = ", ".join(name for name, s in SPECS.items() if s.trusted)
         raise ForgetuneError(f"--trusted: the {cfg.name} benchmark has no trusted split; use one of {trusted_ones}")
-    sizes = (n_train, max(n_test // 2, 1), n_test)
+    sizes = split_sizes(n_train, n_test)
     splits = bench.make(cfg, seed, *sizes, n_trusted) if bench.trusted else bench.make(cfg, seed, *sizes)
     trusted = [{**r, "meta": {**r["meta"], "trusted": True}} for r in splits.pop("trusted", [])]
     if trusted:
