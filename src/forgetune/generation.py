@@ -78,17 +78,18 @@ def _greedy_in_rounds(model, batch, max_new_tokens: int, pad_token_id: int, eos_
     after each round the rows that ended leave the batch and its KV cache, and the others continue from the cache.
     generate's own loop runs every row until the last one ends, so a batch of short answers with one that runs to
     the limit paid for every row to the limit. A row's greedy tokens depend on its own row only (up to float
-    rounding), so the answers are generate's. Models that take no such cache run generate once."""
+    rounding), so the answers are generate's. Models that take no such cache, and tokenizers without an end token,
+    run generate once."""
     cache_arg = cache_argument(model)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     width = ids.shape[1]
-    if cache_arg is None:
+    if cache_arg is None or eos_token_id is None:  # no cache to continue from, or no end token to leave on
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=pad_token_id, eos_token_id=eos_token_id)
         return out[:, width:].tolist()
     from transformers import DynamicCache
 
-    cache, live, answers = DynamicCache(config=model.config), torch.arange(len(ids)), [[] for _ in range(len(ids))]
+    cache, live, answers = DynamicCache(config=model.config), list(range(len(ids))), [[] for _ in range(len(ids))]
     while len(live):
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=min(round_tokens, max_new_tokens),
                              do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
@@ -100,6 +101,6 @@ def _greedy_in_rounds(model, batch, max_new_tokens: int, pad_token_id: int, eos_
             tokens = out[row, width:].tolist()
             answers[live[row]] = tokens[: tokens.index(eos_token_id) + 1] if eos_token_id in tokens else tokens
         keep = (~done).nonzero().flatten()
-        ids, mask, live = out[keep], torch.cat([mask, torch.ones_like(new)], 1)[keep], live[keep]
+        ids, mask, live = out[keep], torch.cat([mask, torch.ones_like(new)], 1)[keep], [live[i] for i in keep.tolist()]
         cache.batch_select_indices(keep)
     return answers

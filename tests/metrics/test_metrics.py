@@ -447,9 +447,9 @@ def test_greedy_answers_that_are_done_leave_the_batch_with_generates_own_tokens(
     batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     plain = model.generate(**batch, max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=0)
     steps = {}  # a token the rows first say at different steps
-    for row in plain[:, batch["input_ids"].shape[1]:].tolist():
+    for index, row in enumerate(plain[:, batch["input_ids"].shape[1]:].tolist()):
         for step, token in enumerate(row):
-            steps.setdefault(token, {}).setdefault(id(row), step)
+            steps.setdefault(token, {}).setdefault(index, step)
     end = max(steps, key=lambda t: (len(set(steps[t].values())), len(steps[t])))
     assert len(set(steps[end].values())) >= 2 and len(steps[end]) < len(texts)  # rows end apart; some run on
     expected = model.generate(**batch, max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=end)
