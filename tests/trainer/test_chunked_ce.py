@@ -196,6 +196,24 @@ def test_packed_rows_are_attended_apart_and_the_config_is_restored(ragged, token
     assert model.config._attn_implementation == "sdpa" and token_logps._rows_in_flight.get() is None
 
 
+def test_scoring_runs_the_shared_start_once_and_the_rows_packed_with_the_padded_ce(ragged, tokenizer, always_pack):
+    """The inference path (score stage, eval perplexity) is the training path without gradients: the shared start
+    once, the rows packed, the padded forward's CE."""
+    model = build_tiny_llama(len(tokenizer)).eval()
+    start = shared_start(ragged["input_ids"], ragged["attention_mask"])
+    shapes = []
+    hook = model.get_decoder().register_forward_hook(lambda m, args, out: shapes.append(tuple(out[0].shape[:2])))
+    ce = token_logps.model_response_token_ce(model, ragged["input_ids"], ragged["attention_mask"], ragged["labels"],
+                                             chunk_rows=7)
+    hook.remove()
+    rows = ragged["input_ids"].shape[0]
+    assert start > 0 and shapes == [(1, start), (1, int(ragged["attention_mask"].sum()) - rows * start)]
+    with torch.no_grad():
+        expected = response_token_ce(model(input_ids=ragged["input_ids"],
+                                           attention_mask=ragged["attention_mask"]).logits, ragged["labels"])
+    torch.testing.assert_close(ce, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_head_sees_one_position_in_the_forward_and_chunks_after(batch, tokenizer):
     """What makes the memory: the model's own head call gets one position per row (logits_to_keep=1), and every
     other call gets at most chunk_rows rows."""

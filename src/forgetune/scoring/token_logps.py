@@ -54,21 +54,16 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplie
 @torch.inference_mode()
 def model_response_token_ce(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                             labels: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
-    """`response_token_ce` of a frozen causal LM without its full (B, T, V) logits.
+    """`response_token_ce` of a frozen causal LM without its full (B, T, V) logits: the training path
+    (`training_response_token_ce`) without gradients, so scoring and evaluation pay what a training forward does.
 
-    The decoder's hidden states are gathered at the N response rows first and only those go through the output
-    head, `chunk_rows` at a time: prompt and padding positions cost no head compute, and a 128k vocabulary never
-    holds more than one chunk of logits. Models whose logits are transformed after the head (soft-capping,
-    scaling) or that expose no decoder/head fall back to the plain forward.
+    Only the N response rows' hidden states go through the output head, `chunk_rows` at a time (prompt and padding
+    positions cost no head compute; a 128k vocabulary never holds more than one chunk of logits); a shared start
+    runs once per batch and the rows run packed where that costs less. Models whose logits are transformed after
+    the head (soft-capping, scaling) or that expose no decoder/head take the plain forward.
     """
-    get_decoder = getattr(model, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if decoder is None or head is None or any(getattr(model.config, a, None) for a in _LOGIT_TRANSFORMS):
-        return response_token_ce(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels, chunk_rows)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    mask = target_mask(labels)
-    return _chunked_ce(hidden[:, :-1][mask[:, 1:]], labels[mask], chunk_rows, head)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return training_response_token_ce(model, inputs, model, chunk_rows, share_prefix=True, padding_free=True)[0]
 
 
 def _head_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
