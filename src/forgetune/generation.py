@@ -1,6 +1,6 @@
 """Batched generation with left padding (so every prompt ends where generation starts), prompts of similar length
-batched together; several samples of a prompt share one pass over the prompt; greedy answers that are done leave
-their batch."""
+batched together; several samples of a prompt share one pass over the prompt; answers that are done leave their
+batch."""
 
 from __future__ import annotations
 
@@ -34,13 +34,9 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
         chosen = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True, padding_side="left",
                           add_special_tokens=False).to(device)
-        if temperature > 0 or samples > 1:
-            out = model.generate(**_with_samples(model, batch, samples), max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
-            new_tokens = out[:, batch["input_ids"].shape[1]:].tolist()
-        else:
-            new_tokens = _greedy_in_rounds(model, batch, max_new_tokens, tokenizer.pad_token_id,
-                                           tokenizer.eos_token_id)
+        inputs = _with_samples(model, batch, samples) if samples > 1 else dict(batch)
+        new_tokens = _in_rounds(model, inputs, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                                **sampling)
         decoded = [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         for k, i in enumerate(chosen):  # each prompt's samples come together
             answers[i] = decoded[k * samples : (k + 1) * samples]
@@ -72,28 +68,32 @@ def _with_samples(model, batch, samples: int) -> dict:
     return {**{key: value.repeat_interleave(samples, dim=0) for key, value in repeat.items()}, cache_arg: cache}
 
 
-def _greedy_in_rounds(model, batch, max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-                      round_tokens: int = 16) -> list[list[int]]:
-    """Each row's greedy new tokens (up to its end-of-sequence token, included), generated `round_tokens` at a time:
-    after each round the rows that ended leave the batch and its KV cache, and the others continue from the cache.
-    generate's own loop runs every row until the last one ends, so a batch of short answers with one that runs to
-    the limit paid for every row to the limit. A row's greedy tokens depend on its own row only (up to float
-    rounding), so the answers are generate's. Models that take no such cache, and tokenizers without an end token,
-    run generate once."""
+def _in_rounds(model, inputs: dict, max_new_tokens: int, pad_token_id: int, eos_token_id: int,
+               round_tokens: int = 16, **sampling) -> list[list[int]]:
+    """Each row's new tokens (up to its end-of-sequence token, included), generated `round_tokens` at a time: after
+    each round the rows that ended leave the batch and its KV cache, and the others continue from the cache (or from
+    `inputs`' own, a prompt cache of `_with_samples`). generate's own loop runs every row until the last one ends, so
+    a batch of short answers with one that runs to the limit paid for every row to the limit.
+
+    A row's greedy tokens depend on its own row only (up to float rounding), so greedy answers are generate's own.
+    A sampled row draws each token from its own distribution as in one generate call, but the rows that left no
+    longer take their share of the random stream: the same distribution, other (seeded, reproducible) draws. Models
+    that take no such cache, `num_return_sequences` batches and tokenizers without an end token run generate once."""
     cache_arg = cache_argument(model)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    width = ids.shape[1]
-    if cache_arg is None or eos_token_id is None:  # no cache to continue from, or no end token to leave on
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+    width = inputs["input_ids"].shape[1]
+    if cache_arg is None or eos_token_id is None or "num_return_sequences" in inputs:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                             eos_token_id=eos_token_id, **sampling)
         return out[:, width:].tolist()
     from transformers import DynamicCache
 
-    cache, live, answers = DynamicCache(config=model.config), list(range(len(ids))), [[] for _ in range(len(ids))]
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    cache = inputs.get(cache_arg)
+    cache = DynamicCache(config=model.config) if cache is None else cache
+    live, answers = list(range(len(ids))), [[] for _ in range(len(ids))]
     while len(live):
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=min(round_tokens, max_new_tokens),
-                             do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                             **{cache_arg: cache})
+                             pad_token_id=pad_token_id, eos_token_id=eos_token_id, **sampling, **{cache_arg: cache})
         new = out[:, ids.shape[1]:]
         max_new_tokens -= new.shape[1]
         done = (new == eos_token_id).any(1) | (max_new_tokens <= 0)

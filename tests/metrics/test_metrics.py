@@ -430,13 +430,11 @@ def test_samples_of_a_prompt_share_one_prompt_pass_and_draw_the_same_answers(tok
     assert shapes[0] == (8, longest)  # generate's own way: every sample runs the whole prompt
 
 
-def test_greedy_answers_that_are_done_leave_the_batch_with_generates_own_tokens(tokenizer):
-    """Greedy rows generated in rounds: a row that reached its end-of-sequence token leaves the batch and the KV
-    cache, the others continue from the cache, and every row's tokens are generate's own (one call, every row run to
-    the last one's end). The end token is one the random model says at different steps in different rows."""
+def rows_that_end_apart(tokenizer):
+    """A random model, a left-padded batch of 6 prompts and an end token the model's greedy answers say at different
+    steps in different rows (some never), with generate's own greedy answers (one call, every row run to the last
+    one's end) cut after it."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from forgetune import generation
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
@@ -453,11 +451,47 @@ def test_greedy_answers_that_are_done_leave_the_batch_with_generates_own_tokens(
     end = max(steps, key=lambda t: (len(set(steps[t].values())), len(steps[t])))
     assert len(set(steps[end].values())) >= 2 and len(steps[end]) < len(texts)  # rows end apart; some run on
     expected = model.generate(**batch, max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=end)
+    expected = expected[:, batch["input_ids"].shape[1]:].tolist()
+    return model, batch, end, [row[: row.index(end) + 1] if end in row else row for row in expected]
+
+
+def batch_sizes_seen(model) -> list[int]:
     shapes = []
     model.model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(kwargs["input_ids"].shape[0]),
                                           with_kwargs=True)
-    rounds = generation._greedy_in_rounds(model, batch, 20, pad_token_id=0, eos_token_id=end, round_tokens=4)
-    expected = expected[:, batch["input_ids"].shape[1]:].tolist()
-    ended = [row[: row.index(end) + 1] if end in row else row for row in expected]
+    return shapes
+
+
+def test_greedy_answers_that_are_done_leave_the_batch_with_generates_own_tokens(tokenizer):
+    """Greedy rows generated in rounds: a row that reached its end-of-sequence token leaves the batch and the KV
+    cache, the others continue from the cache, and every row's tokens are generate's own."""
+    from forgetune import generation
+
+    model, batch, end, ended = rows_that_end_apart(tokenizer)
+    shapes = batch_sizes_seen(model)
+    rounds = generation._in_rounds(model, dict(batch), 20, pad_token_id=0, eos_token_id=end, round_tokens=4,
+                                   do_sample=False)
     assert rounds == ended
-    assert shapes[0] == len(texts) and min(shapes) < len(texts)  # rows that ended left the batch
+    assert shapes[0] == len(ended) and min(shapes) < len(ended)  # rows that ended left the batch
+
+
+def test_sampled_answers_that_are_done_leave_the_batch_drawing_from_each_rows_distribution(tokenizer):
+    """Samples in rounds, after the shared prompt cache: at a temperature near 0 every draw is the row's most likely
+    token, so each of a prompt's 2 samples is its greedy answer, across rounds that the rows left; at temperature 1
+    the draws are seeded (the same twice) and each answer ends at its first end token or at the limit."""
+    from forgetune import generation
+
+    model, batch, end, ended = rows_that_end_apart(tokenizer)
+    shapes = batch_sizes_seen(model)
+
+    def sample(temperature: float) -> list[list[int]]:
+        torch.manual_seed(5)
+        return generation._in_rounds(model, generation._with_samples(model, batch, 2), 20, pad_token_id=0,
+                                     eos_token_id=end, round_tokens=4, do_sample=True, temperature=temperature,
+                                     top_p=1.0, top_k=0)
+
+    assert sample(1e-6) == [row for row in ended for _ in range(2)]
+    assert shapes[0] == len(ended) and shapes[1] == 2 * len(ended) and min(shapes) < 2 * len(ended)
+    drawn = sample(1.0)
+    assert drawn == sample(1.0) and drawn != sample(1e-6)
+    assert all((end not in row[:-1]) and (row[-1] == end or len(row) == 20) for row in drawn)
