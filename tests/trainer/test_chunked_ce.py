@@ -162,6 +162,21 @@ def test_packing_pays_for_short_ragged_rows_not_for_long_ones_unless_attended_ap
         assert not token_logps._packing_pays(smollm, torch.full((8,), 40), 0, 40, rowwise)
 
 
+def test_packing_keeps_its_mask_under_64_mib():
+    """The packed mask grows with the square of a batch's tokens: gsm8k's rows at eval's batch of 64 pack under SDPA
+    (7008 packed tokens, a 49 MB boolean mask), at 128 rows (197 MB) they stay padded, and under eager attention
+    (additive float masks, 4 bytes an element) the 64 rows stay padded too."""
+    from transformers import LlamaConfig
+
+    smollm = LlamaConfig(hidden_size=576, intermediate_size=1536)
+    gsm8k = torch.tensor([103, 126, 155, 151, 144, 130, 149, 110])
+    smollm._attn_implementation = "sdpa"
+    assert token_logps._packing_pays(smollm, gsm8k.repeat(8), 24, 155, rowwise=True)
+    assert not token_logps._packing_pays(smollm, gsm8k.repeat(16), 24, 155, rowwise=True)
+    smollm._attn_implementation = "eager"
+    assert not token_logps._packing_pays(smollm, gsm8k.repeat(8), 24, 155)
+
+
 def test_packed_rows_are_attended_apart_and_the_config_is_restored(ragged, tokenizer, always_pack):
     """Under SDPA the packed forward's attention runs one row at a time (each layer sees the rows' lengths), and the
     model's config names SDPA again afterwards, even after an error. Under gradient checkpointing (whose recomputation

@@ -123,18 +123,26 @@ def _packable_lengths(base: torch.nn.Module, inner: torch.nn.Module, attention_m
     return lengths if torch.equal(attention_mask.bool(), right_padded) else None
 
 
+# The largest packed attention mask (P x (start + P)) a packed forward may build: its size grows with the square of
+# the batch's tokens, a padded batch's (B x T x T) with one row's, so a large scoring batch of long rows stays padded.
+_PACKED_MASK_BYTES = 1 << 26
+
+
 def _packing_pays(config, lengths: torch.Tensor, start: int, width: int, rowwise: bool = False) -> bool:
     """Whether the rows' rests (after a shared start of `start` tokens) cost at least a tenth less packed in one row
-    than padded to `width`. Packing drops the padding; under a dense mask each packed token attends over the whole
-    packed row (no CPU kernel skips the other rows' blocks), so long packed rows lose, unless the rows are attended
-    apart (`rowwise`, `_rows_attended_apart`): then a token attends over the shared start and its own row only. Cost
-    per token: the layers' matmuls (~8 d^2 + 6 d d_ff) plus ~6 d per key, the attention's share as measured on 2 CPU
-    cores with PyTorch's SDPA (SmolLM2-135M, docs/performance.md)."""
+    than padded to `width`, with a packed mask of at most `_PACKED_MASK_BYTES` (a byte an element under SDPA, up to 4
+    under eager attention's additive mask). Packing drops the padding; under a dense mask each packed token attends
+    over the whole packed row (no CPU kernel skips the other rows' blocks), so long packed rows lose, unless the rows
+    are attended apart (`rowwise`, `_rows_attended_apart`): then a token attends over the shared start and its own
+    row only. Cost per token: the layers' matmuls (~8 d^2 + 6 d d_ff) plus ~6 d per key, the attention's share as
+    measured on 2 CPU cores with PyTorch's SDPA (SmolLM2-135M, docs/performance.md)."""
     d = getattr(config, "hidden_size", None)
-    if not d:  # a config without the usual fields (a multimodal wrapper): keep the padded batch
-        return False
-    per_token = 8 * d * d + 6 * d * (getattr(config, "intermediate_size", None) or 4 * d)
     rests = lengths - start
+    packed_tokens = int(rests.sum())
+    itemsize = 1 if getattr(config, "_attn_implementation", None) == "sdpa" else 4
+    if not d or packed_tokens * (start + packed_tokens) * itemsize > _PACKED_MASK_BYTES:
+        return False  # no usual fields (a multimodal wrapper), or a mask too large: keep the padded batch
+    per_token = 8 * d * d + 6 * d * (getattr(config, "intermediate_size", None) or 4 * d)
     keys = start + (rests if rowwise else rests.sum())
     packed = int((rests * (per_token + 6 * d * keys)).sum())
     padded = len(lengths) * (width - start) * (per_token + 6 * d * width)
