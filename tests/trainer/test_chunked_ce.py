@@ -185,15 +185,16 @@ def test_packed_rows_are_attended_apart_and_the_config_is_restored(ragged, token
     seen = []
     rowwise = token_logps._rowwise_sdpa
 
-    def spy(module, query, *args, **kwargs):
-        seen.append((query.shape[2], token_logps._rows_in_flight.get()))
-        return rowwise(module, query, *args, **kwargs)
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        seen.append((query.shape[2], token_logps._rows_in_flight.get(), attention_mask.dtype))
+        return rowwise(module, query, key, value, attention_mask, **kwargs)
 
     token_logps.AttentionInterface.register(token_logps._ROWWISE, spy)
     try:
         ce, value, grads = loss_and_grads(model, ragged, LOSSES[0], chunked=True, padding_free=True)
         lengths = ragged["attention_mask"].sum(1).tolist()
-        assert seen == [(sum(lengths), lengths)] * model.config.num_hidden_layers
+        # SDPA's boolean mask (a byte an element, as `_packing_pays` counts it), not eager's additive float one
+        assert seen == [(sum(lengths), lengths, torch.bool)] * model.config.num_hidden_layers
         assert model.config._attn_implementation == "sdpa" and token_logps._rows_in_flight.get() is None
         model.gradient_checkpointing_enable()
         seen.clear()

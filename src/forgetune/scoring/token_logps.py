@@ -274,9 +274,9 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
             model(input_ids=ids[:1, :start], attention_mask=attention[:1, :start], use_cache=True, logits_to_keep=1,
                   **{cache_arg: cache})
         if packed:
+            packed_mask = _packed_attention_mask(rests, start, base)  # before the config names the rows-apart SDPA
             with _rows_attended_apart(base.config, rests) if rowwise else contextlib.nullcontext():
-                outputs = model(input_ids=ids[:, start:][attention[:, start:].bool()][None],
-                                attention_mask=_packed_attention_mask(rests, start, base),
+                outputs = model(input_ids=ids[:, start:][attention[:, start:].bool()][None], attention_mask=packed_mask,
                                 position_ids=_packed_positions(rests, start)[None], logits_to_keep=1,
                                 **({cache_arg: cache, "use_cache": True} if cache is not None else {}))
         elif cache is not None:
