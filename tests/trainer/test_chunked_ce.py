@@ -217,13 +217,15 @@ def test_scoring_runs_the_shared_start_once_and_the_rows_packed_with_the_padded_
     once, the rows packed, the padded forward's CE."""
     model = build_tiny_llama(len(tokenizer)).eval()
     start = shared_start(ragged["input_ids"], ragged["attention_mask"])
-    shapes = []
-    hook = model.get_decoder().register_forward_hook(lambda m, args, out: shapes.append(tuple(out[0].shape[:2])))
-    ce = token_logps.model_response_token_ce(model, ragged["input_ids"], ragged["attention_mask"], ragged["labels"],
-                                             chunk_rows=7)
-    hook.remove()
+
+    def score(model, batch, _, chunk_rows):
+        return token_logps.model_response_token_ce(model, batch["input_ids"], batch["attention_mask"],
+                                                   batch["labels"], chunk_rows)
+
     rows = ragged["input_ids"].shape[0]
+    shapes = decoder_calls(model, ragged, ce_of=score, chunk_rows=7)
     assert start > 0 and shapes == [(1, start), (1, int(ragged["attention_mask"].sum()) - rows * start)]
+    ce = score(model, ragged, model, chunk_rows=7)
     with torch.no_grad():
         expected = response_token_ce(model(input_ids=ragged["input_ids"],
                                            attention_mask=ragged["attention_mask"]).logits, ragged["labels"])
@@ -259,10 +261,11 @@ def test_shared_start_counts_the_tokens_every_row_begins_with_padding_excluded()
     assert shared_start(ids, torch.tensor([[0, 1, 1, 1, 1]] * 3)) == 0  # left padding: nothing in common
 
 
-def decoder_calls(model, batch, **kwargs) -> list[tuple[int, ...]]:
+def decoder_calls(model, batch, ce_of=training_response_token_ce, **kwargs) -> list[tuple[int, ...]]:
+    """The (rows, tokens) of each decoder call that `ce_of(model, batch, model, **kwargs)` makes."""
     shapes = []
     hook = model.get_decoder().register_forward_hook(lambda m, args, out: shapes.append(tuple(out[0].shape[:2])))
-    training_response_token_ce(model, batch, model, **kwargs)
+    ce_of(model, batch, model, **kwargs)
     hook.remove()
     return shapes
 

@@ -143,7 +143,7 @@ def _packing_pays(config, lengths: torch.Tensor, start: int, width: int, rowwise
     if not d or packed_tokens * (start + packed_tokens) * itemsize > _PACKED_MASK_BYTES:
         return False  # no usual fields (a multimodal wrapper), or a mask too large: keep the padded batch
     per_token = 8 * d * d + 6 * d * (getattr(config, "intermediate_size", None) or 4 * d)
-    keys = start + (rests if rowwise else rests.sum())
+    keys = start + (rests if rowwise else packed_tokens)
     packed = int((rests * (per_token + 6 * d * keys)).sum())
     padded = len(lengths) * (width - start) * (per_token + 6 * d * width)
     return packed <= 0.9 * padded
