@@ -34,7 +34,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
         chosen = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True, padding_side="left",
                           add_special_tokens=False).to(device)
-        inputs = _with_samples(model, batch, samples) if samples > 1 else dict(batch)
+        inputs = _with_samples(model, batch, samples)
         new_tokens = _in_rounds(model, inputs, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id,
                                 **sampling)
         decoded = [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -51,10 +51,12 @@ def _with_samples(model, batch, samples: int) -> dict:
     generate's own `num_return_sequences` repeats each prompt before its first forward pass, so 4 samples of 50
     prompts run the model over 200 prompts. Here the prompts but their last token run once, into a KV cache that is
     then repeated for the samples; generate continues from it with the last token (the same positions, mask and
-    random draws: the same answers, the prompt pass `samples` times cheaper). Models that take no such cache get
-    `num_return_sequences`."""
+    random draws: the same answers, the prompt pass `samples` times cheaper). One sample is the batch itself; models
+    that take no such cache get `num_return_sequences`."""
+    if samples == 1:
+        return dict(batch)
     cache_arg = cache_argument(model)
-    if samples == 1 or cache_arg is None or batch["input_ids"].shape[1] < 2:
+    if cache_arg is None or batch["input_ids"].shape[1] < 2:
         return {**batch, "num_return_sequences": samples}
     from transformers import DynamicCache
 
