@@ -2,6 +2,8 @@
 
 Everything stays offline: the model is a local directory and a task made by `write_multiple_choice_task` reads a
 local JSONL file. Built-in harness tasks work offline only when their dataset is already in the Hugging Face cache.
+The model is the harness's `hf` model with each log-likelihood context run once for all its continuations
+(`forgetune.integrations.lm_eval.SharedContextLM`: a multiple-choice question's context once, not once per choice).
 """
 
 from __future__ import annotations
@@ -102,10 +104,11 @@ def run_lm_eval(model_dir: Path, tasks: list[str], include_path: Path | None = N
 
     manager = _task_manager(tasks, Path(include_path) if include_path is not None else None)
     on_cpu = not torch.cuda.is_available()
-    output = lm_eval.simple_evaluate(
-        model="hf", model_args=_model_args(Path(model_dir), on_cpu), tasks=tasks, task_manager=manager,
-        device="cpu" if on_cpu else "cuda", batch_size=batch_size, limit=limit, log_samples=False,
-    )
+    from forgetune.integrations.lm_eval import SharedContextLM
+
+    model = SharedContextLM(**_model_args(Path(model_dir), on_cpu), device="cpu" if on_cpu else "cuda",
+                            batch_size=batch_size)
+    output = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit, log_samples=False)
     return {
         task: {key.removesuffix(",none"): float(value) for key, value in metrics.items() if isinstance(value, float)}
         for task, metrics in output["results"].items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from contextvars import ContextVar
 
 import torch
@@ -64,6 +65,32 @@ def model_response_token_ce(model: torch.nn.Module, input_ids: torch.Tensor, att
     """
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     return training_response_token_ce(model, inputs, model, chunk_rows, share_prefix=True, padding_free=True)[0]
+
+
+def decoder_and_head(base: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder, output head) of a model whose logits are the head applied to the decoder's last hidden state and
+    that takes `logits_to_keep` (so its forward can skip the full logits); None for models whose logits are
+    transformed after the head (soft-capping, scaling) or that expose no decoder, head or `logits_to_keep`."""
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    forward = getattr(getattr(base, "get_base_model", lambda: base)(), "forward", None)  # under a PEFT wrapper
+    if (decoder is None or head is None or any(getattr(base.config, a, None) for a in _LOGIT_TRANSFORMS)
+            or forward is None or "logits_to_keep" not in inspect.signature(forward).parameters):
+        return None
+    return decoder, head
+
+
+@contextlib.contextmanager
+def caught_hidden_states(decoder: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The decoder's last hidden state of each forward pass run inside the block, in order."""
+    caught: list[torch.Tensor] = []
+    hook = decoder.register_forward_hook(lambda module, args, out: caught.append(
+        out[0] if isinstance(out, tuple) else out.last_hidden_state))
+    try:
+        yield caught
+    finally:
+        hook.remove()
 
 
 def _head_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -249,18 +276,12 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     padded), else the packed row's attention grows with its length; packed only where that costs less
     (`_packing_pays`)."""
     ids, attention, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-    get_decoder = getattr(base, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else None
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    inner = getattr(base, "get_base_model", lambda: base)()  # under a PEFT wrapper
-    forward = getattr(inner, "forward", None)
-    if (decoder is None or head is None or any(getattr(base.config, a, None) for a in _LOGIT_TRANSFORMS)
-            or forward is None or "logits_to_keep" not in inspect.signature(forward).parameters):
+    parts = decoder_and_head(base)
+    if parts is None:
         outputs = model(input_ids=ids, attention_mask=attention)
         return response_token_ce(outputs.logits, labels), outputs
-    caught: list[torch.Tensor] = []
-    hook = decoder.register_forward_hook(lambda module, args, out: caught.append(
-        out[0] if isinstance(out, tuple) else out.last_hidden_state))
+    decoder, head = parts
+    inner = getattr(base, "get_base_model", lambda: base)()  # under a PEFT wrapper
     start = shared_start(ids, attention) if share_prefix else 0
     cache_arg = _prefix_cache_argument(base, inner, ids, start) if start else None
     start = start if cache_arg is not None else 0
@@ -269,7 +290,7 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
     packed = lengths is not None and _packing_pays(base.config, lengths, start, ids.shape[1], rowwise)
     rests = lengths - start if packed else None
     cache = DynamicCache(config=base.config) if cache_arg is not None else None
-    try:
+    with caught_hidden_states(decoder) as caught:
         if cache is not None:
             model(input_ids=ids[:1, :start], attention_mask=attention[:1, :start], use_cache=True, logits_to_keep=1,
                   **{cache_arg: cache})
@@ -285,8 +306,6 @@ def training_response_token_ce(model: torch.nn.Module, inputs: dict[str, torch.T
                             **{cache_arg: cache})
         else:
             outputs = model(input_ids=ids, attention_mask=attention, logits_to_keep=1)
-    finally:
-        hook.remove()
     mask = target_mask(labels)
     targets = labels[mask]
     if packed:  # each row's token t sits at t (in the shared start) or after the earlier rows' rests
