@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from forgetune.models import cache_argument
+from forgetune.scoring.token_logps import shared_start, sharing_pays
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
         chosen = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in chosen], return_tensors="pt", padding=True, padding_side="left",
                           add_special_tokens=False).to(device)
-        inputs = _with_samples(model, batch, samples)
+        inputs = _prefilled(model, batch, samples, tokenizer.pad_token_id)
         new_tokens = _in_rounds(model, inputs, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id,
                                 **sampling)
         decoded = [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -45,36 +46,56 @@ def generate_answers(model, tokenizer, prompts: list[list[dict[str, str]]], max_
     return [a for per_prompt in answers for a in per_prompt]
 
 
-def _with_samples(model, batch, samples: int) -> dict:
-    """`generate`'s inputs for `samples` answers to each prompt of `batch`.
+def _prefilled(model, batch, samples: int, pad_token_id: int) -> dict:
+    """`generate`'s inputs for `samples` answers to each prompt of the left-padded `batch`, the prompts but their
+    last token already in a KV cache; generate continues from it with the last token (the same positions, attention
+    and random draws: the same answers up to float rounding).
 
     generate's own `num_return_sequences` repeats each prompt before its first forward pass, so 4 samples of 50
-    prompts run the model over 200 prompts. Here the prompts but their last token run once, into a KV cache that is
-    then repeated for the samples; generate continues from it with the last token (the same positions, mask and
-    random draws: the same answers, the prompt pass `samples` times cheaper). One sample is the batch itself; models
-    that take no such cache get `num_return_sequences`."""
-    if samples == 1:
-        return dict(batch)
+    prompts run the model over 200 prompts; here each prompt runs once, its cache repeated for the samples. The
+    start that every prompt shares (a chat template's system prompt; `shared_start`) runs once for the batch where
+    that saves a tenth of its tokens (`sharing_pays`): each row's left padding then moves after it (a hole in the
+    mask; positions count the real tokens, as generate numbers them). One greedy answer without a shared start is
+    the batch itself; models that take no such cache get `num_return_sequences`."""
     cache_arg = cache_argument(model)
-    if cache_arg is None or batch["input_ids"].shape[1] < 2:
-        return {**batch, "num_return_sequences": samples}
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if cache_arg is None or ids.shape[1] < 2:
+        return {**batch, "num_return_sequences": samples} if samples > 1 else dict(batch)
     from transformers import DynamicCache
 
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate numbers left-padded prompts
+    rows, width = ids.shape
+    padding = (mask == 0).sum(1, keepdim=True)
+    column = torch.arange(width, device=ids.device)
+    real = mask.bool().flip(1)  # the real tokens, left-aligned: each row's tokens then its padding
+    start = min(shared_start(ids.gather(1, (column + padding).clamp(max=width - 1)), real),
+                width - int(padding.max()) - 1)  # every row keeps a token for generate to continue from
+    start = start if sharing_pays(rows, width, start) else 0
+    if start == 0 and samples == 1:
+        return dict(batch)
+    if start:
+        gap = (column >= start) & (column < start + padding)
+        source = torch.where(column < start, column + padding, column)
+        ids = ids.gather(1, source).masked_fill(gap, pad_token_id)
+        mask = mask.gather(1, source).masked_fill(gap, 0)
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True,
-          logits_to_keep=1, **{cache_arg: cache})
+    if start:
+        model(input_ids=ids[:1, :start], attention_mask=mask[:1, :start], position_ids=positions[:1, :start],
+              use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+        cache.batch_repeat_interleave(rows)
+    if start < width - 1:
+        model(input_ids=ids[:, start:-1], attention_mask=mask[:, :-1], position_ids=positions[:, start:-1],
+              use_cache=True, logits_to_keep=1, **{cache_arg: cache})
     cache.batch_repeat_interleave(samples)
-    repeat = {"input_ids": ids, "attention_mask": mask}
-    return {**{key: value.repeat_interleave(samples, dim=0) for key, value in repeat.items()}, cache_arg: cache}
+    repeated = {"input_ids": ids, "attention_mask": mask}
+    return {**{key: value.repeat_interleave(samples, dim=0) for key, value in repeated.items()}, cache_arg: cache}
 
 
 def _in_rounds(model, inputs: dict, max_new_tokens: int, pad_token_id: int, eos_token_id: int,
                round_tokens: int = 16, **sampling) -> list[list[int]]:
     """Each row's new tokens (up to its end-of-sequence token, included), generated `round_tokens` at a time: after
     each round the rows that ended leave the batch and its KV cache, and the others continue from the cache (or from
-    `inputs`' own, a prompt cache of `_with_samples`). generate's own loop runs every row until the last one ends, so
+    `inputs`' own, a prompt cache of `_prefilled`). generate's own loop runs every row until the last one ends, so
     a batch of short answers with one that runs to the limit paid for every row to the limit.
 
     A row's greedy tokens depend on its own row only (up to float rounding), so greedy answers are generate's own.

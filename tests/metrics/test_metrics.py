@@ -403,8 +403,9 @@ def test_generation_batches_by_length_and_returns_answers_in_the_prompts_order(t
 
 def test_samples_of_a_prompt_share_one_prompt_pass_and_draw_the_same_answers(tokenizer, monkeypatch):
     """Sampled answers through the shared prompt cache equal generate's own num_return_sequences draws (same seed);
-    the prompt runs once per prompt, not once per sample: a batch of 2 prompts x 4 samples passes 2 rows of the
-    prompt (all but its last token), then 8 rows of one token."""
+    the prompt runs once per prompt, not once per sample, and the start both prompts share once: a batch of 2
+    prompts x 4 samples passes 1 row of the shared start, 2 rows of the rest (all but the last token), then 8 rows
+    of one token."""
     from forgetune import generation
     from tests_helpers import build_tiny_llama
 
@@ -421,27 +422,29 @@ def test_samples_of_a_prompt_share_one_prompt_pass_and_draw_the_same_answers(tok
 
     shared = sample()
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)  # batched first
-    assert shapes[:2] == [(2, longest - 1), (8, 1)]
-    monkeypatch.setattr(generation, "_with_samples", lambda model, batch, samples: {**batch,
+    first = sorted(tokenizer(texts, add_special_tokens=False)["input_ids"], key=len)[1:]  # batched first
+    start = next(i for i, (a, b) in enumerate(zip(*first, strict=False)) if a != b)
+    assert start > 0 and shapes[:3] == [(1, start), (2, len(first[-1]) - 1 - start), (8, 1)]
+    monkeypatch.setattr(generation, "_prefilled", lambda model, batch, samples, pad: {**batch,
                                                                                     "num_return_sequences": samples})
     shapes.clear()
     assert sample() == shared and len(set(shared)) > 4  # random draws of a random model: answers differ
-    assert shapes[0] == (8, longest)  # generate's own way: every sample runs the whole prompt
+    assert shapes[0] == (8, len(first[-1]))  # generate's own way: every sample runs the whole prompt
 
 
-def rows_that_end_apart(tokenizer):
-    """A random model, a left-padded batch of 6 prompts and an end token the model's greedy answers say at different
-    steps in different rows (some never), with generate's own greedy answers (one call, every row run to the last
-    one's end) cut after it."""
+def rows_that_end_apart(tokenizer, system: str | None = None):
+    """A random model, a left-padded batch of 6 prompts (after a `system` turn if given) and an end token the model's
+    greedy answers say at different steps in different rows (some never), with generate's own greedy answers (one
+    call, every row run to the last one's end) cut after it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                          initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0))
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": "tell me " * n + "more"}], tokenize=False,
-                                           add_generation_prompt=True) for n in (1, 9, 3, 12, 0, 5)]
+    start = [{"role": "system", "content": system}] if system else []
+    texts = [tokenizer.apply_chat_template([*start, {"role": "user", "content": "tell me " * n + "more"}],
+                                           tokenize=False, add_generation_prompt=True) for n in (1, 9, 3, 12, 0, 5)]
     batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     plain = model.generate(**batch, max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=0)
     steps = {}  # a token the rows first say at different steps
@@ -475,6 +478,20 @@ def test_greedy_answers_that_are_done_leave_the_batch_with_generates_own_tokens(
     assert shapes[0] == len(ended) and min(shapes) < len(ended)  # rows that ended left the batch
 
 
+def test_greedy_answers_after_a_shared_start_run_once_are_generates_own(tokenizer):
+    """Left-padded prompts of different lengths that share a start: it runs once (one row), each row's padding moves
+    after it (a hole in the mask), and every row's greedy tokens are still generate's own."""
+    from forgetune import generation
+
+    model, batch, end, ended = rows_that_end_apart(tokenizer, system="You are a helpful assistant. Answer briefly.")
+    shapes = batch_sizes_seen(model)
+    inputs = generation._prefilled(model, batch, 1, 0)
+    assert shapes == [1, len(ended)]  # the shared start, then the rests
+    assert (inputs["attention_mask"][:, 1:] > inputs["attention_mask"][:, :-1]).any()  # padding after the start
+    assert generation._in_rounds(model, inputs, 20, pad_token_id=0, eos_token_id=end, round_tokens=4,
+                                 do_sample=False) == ended
+
+
 def test_sampled_answers_that_are_done_leave_the_batch_drawing_from_each_rows_distribution(tokenizer):
     """Samples in rounds, after the shared prompt cache: at a temperature near 0 every draw is the row's most likely
     token, so each of a prompt's 2 samples is its greedy answer, across rounds that the rows left; at temperature 1
@@ -486,7 +503,7 @@ def test_sampled_answers_that_are_done_leave_the_batch_drawing_from_each_rows_di
 
     def sample(temperature: float) -> list[list[int]]:
         torch.manual_seed(5)
-        return generation._in_rounds(model, generation._with_samples(model, batch, 2), 20, pad_token_id=0,
+        return generation._in_rounds(model, generation._prefilled(model, batch, 2, 0), 20, pad_token_id=0,
                                      eos_token_id=end, round_tokens=4, do_sample=True, temperature=temperature,
                                      top_p=1.0, top_k=0)
 
