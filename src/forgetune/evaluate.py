@@ -154,7 +154,16 @@ def data_metrics(model_dir: Path, run_dir: Path | None, cfg: EvalConfig) -> dict
         mode, why = choose_extract(list(refs))
         log.info("eval: --extract auto chose %s (%s)", mode, why)
         cfg = dataclasses.replace(cfg, extract=mode)  # memorised noise and sampled answers are graded alike
-    answers = generate_answers(model, tokenizer, list(prompts), cfg.max_new_tokens, cfg.batch_size)
+    run = noisy = None
+    if run_dir is not None:
+        from forgetune import pipeline
+
+        run = pipeline.reopen(run_dir)
+        noisy = [ex for ex in run.examples if ex.meta.get("corrupted")]
+    # The test prompts and the corrupted training prompts (memorised noise) in one call: fuller batches.
+    generated = generate_answers(model, tokenizer, [*prompts, *(ex.prompt_messages for ex in noisy or [])],
+                                 cfg.max_new_tokens, cfg.batch_size)
+    answers, noisy_answers = generated[: len(prompts)], generated[len(prompts) :]
     warn_if_unextracted(answers, cfg.extract)
     hits = [exact_match([a], [r], cfg.extract) for a, r in zip(answers, refs, strict=True)]
     results: dict[str, Any] = {"test": str(cfg.data), "n_test": len(records), "extract": cfg.extract,
@@ -176,8 +185,8 @@ def data_metrics(model_dir: Path, run_dir: Path | None, cfg: EvalConfig) -> dict
         sampled = generate_answers(model, tokenizer, list(prompts[: cfg.diversity_prompts]), cfg.max_new_tokens,
                                    cfg.batch_size, samples=cfg.samples, temperature=1.0)
         results.update(diversity(sampled, cfg.samples))
-    if run_dir is not None:
-        results.update(run_metrics(run_dir, model, cfg))
+    if run is not None:
+        results.update(run_metrics(run, noisy, noisy_answers, cfg))
     results["examples"] = [{"prompt": p[-1]["content"], "reference": r, "answer": a}
                            for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]
     return results
@@ -196,20 +205,15 @@ def sampled_exact_match(model, tokenizer, prompts: list, refs: list[str], cfg: E
     return out
 
 
-def run_metrics(run_dir: Path, model, cfg: EvalConfig) -> dict[str, float]:
-    """Memorised noise and noise detection, from the run's training data and scores."""
-    from forgetune import pipeline
-
-    run = pipeline.reopen(run_dir)
+def run_metrics(run, noisy: list, answers: list[str], cfg: EvalConfig) -> dict[str, float]:
+    """Memorised noise (the model's `answers` to the `noisy` training examples' prompts) and noise detection, from
+    the run's training data and scores."""
     out: dict[str, float] = {}
-    noisy = [ex for ex in run.examples if ex.meta.get("corrupted")]
     if noisy:
-        answers = generate_answers(model, run.tokenizer, [ex.prompt_messages for ex in noisy], cfg.max_new_tokens,
-                                   cfg.batch_size)
         noisy_answers = [run.tokenizer.decode([ex.input_ids[p] for p in response_positions(ex.labels)],
                                               skip_special_tokens=True) for ex in noisy]
         out["memorised_noise"] = memorised_noise(answers, noisy_answers, cfg.extract)
-    if RunDir(run_dir).scores().is_file():
+    if run.layout.scores().is_file():
         out.update(detection(run))
     return out
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from forgetune import evaluate
 from forgetune.cli import main
 from forgetune.io import DONE_MARKER
 from tests_helpers import fake_gsm8k, fake_truthfulqa, write_jsonl
@@ -296,7 +297,7 @@ def test_help_lists_the_stages():
         assert stage in result.stdout
 
 
-def test_eval_run_reports_every_metric(tiny_model_dir, arith_jsonl, tmp_path, capsys):
+def test_eval_run_reports_every_metric(tiny_model_dir, arith_jsonl, tmp_path, capsys, monkeypatch):
     from forgetune.bench.data.arith import make_arith
 
     out = tmp_path / "run"
@@ -313,6 +314,17 @@ def test_eval_run_reports_every_metric(tiny_model_dir, arith_jsonl, tmp_path, ca
         assert key in printed
     assert 0.0 <= results["exact_match"] <= 1.0 and results["perplexity"] > 1.0
     assert results["n_test"] == 6
+
+    # The test prompts and the corrupted training prompts are answered in one call: each answer reaches its metric.
+    noise = {r["prompt"]: r["completion"] for r in map(json.loads, arith_jsonl.read_text().splitlines())
+             if r["meta"]["corrupted"]}
+    right = {r["prompt"]: r["completion"] for r in map(json.loads, test.read_text().splitlines())}
+    assert noise and not noise.keys() & right.keys()
+    monkeypatch.setattr(evaluate, "generate_answers", lambda model, tokenizer, prompts, *args, **kwargs: [
+        {**noise, **right}[p[-1]["content"]] for p in prompts])
+    assert run_cli("eval", out, "--data", test, "--samples", "0", "--quiet") == 0
+    results = json.loads((out / "eval.json").read_text())
+    assert results["exact_match"] == 1.0 and results["memorised_noise"] == 1.0
 
 
 def test_eval_plain_model_dir(tiny_model_dir, tmp_path, capsys):
