@@ -7,7 +7,7 @@ Targets (issues #6, #21): scoring throughput vs the raw forward of the same mode
 scoring at two corpus sizes, training's peak RSS with a 128k vocabulary and its step time (chunked head vs full
 logits), a `forget` step vs an `sft` step, the global partition vs np.partition and vs a naive pure-Python sort,
 forgetune's `sft` tokens/s vs TRL's SFTTrainer, and a forget-npo step inside TRL (ForgetSFTTrainer) vs SFTTrainer's
-(needs `pip install trl`).
+(needs `pip install trl`); reported beside them: lm-eval multiple choice through forgetune's model vs the harness's.
 """
 
 from __future__ import annotations
@@ -612,6 +612,42 @@ def bench_trl(quick: bool) -> None:
            f"{tokens / t_plain:.0f} tok/s")
 
 
+def bench_lm_eval(quick: bool) -> None:
+    """lm-evaluation-harness multiple choice: forgetune's `SharedContextLM` (each context once) vs the harness's own
+    `HFLM` (each context again with every choice), the same model and log-likelihood requests, interleaved."""
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer
+
+    from forgetune.integrations.lm_eval import SharedContextLM
+    from tests_helpers import TOKENIZER_DIR
+
+    vocab, batch_size = 49152, 64
+    model, name = small_llama(vocab, quick)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    rng = np.random.default_rng(0)
+    requests = []  # truthfulqa's shape: 150 questions of 10-60 tokens, 2-8 choices of 3-30 tokens
+    for q in range(60 if quick else 150):
+        context = rng.integers(3, vocab, int(rng.integers(10, 60))).tolist()
+        for c in range(int(rng.integers(2, 9))):
+            requests.append(((f"q{q}", f"c{c}"), context, rng.integers(3, vocab, int(rng.integers(3, 30))).tolist()))
+    sides = {cls.__name__: cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+             for cls in (HFLM, SharedContextLM)}
+    answers = {}
+
+    def run(side: str):
+        return lambda: answers.__setitem__(side, sides[side]._loglikelihood_tokens(requests, disable_tqdm=True))
+
+    times = interleaved({side: run(side) for side in sides}, 2)
+    ours, theirs = min(times["SharedContextLM"]), min(times["HFLM"])
+    gap = max(abs(a[0] - b[0]) for a, b in zip(answers["SharedContextLM"], answers["HFLM"], strict=True))
+    same_greedy = [a[1] for a in answers["SharedContextLM"]] == [b[1] for b in answers["HFLM"]]
+    contexts = {tuple(r[1]) for r in requests}
+    report("lm_eval_multiple_choice_shared_context_vs_hflm", ours / theirs, "report", same_greedy and gap < 1e-3,
+           f"{name}, {len(requests)} requests of {len(contexts)} contexts, batch {batch_size}: SharedContextLM "
+           f"{ours:.1f} s, HFLM {theirs:.1f} s; log-likelihoods within {gap:.1e}, greedy flags "
+           f"{'equal' if same_greedy else 'DIFFER'}; MISS if they differ")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (under a minute)")
@@ -626,6 +662,7 @@ def main() -> None:
     bench_padding()
     bench_compute_bound(args.quick)
     bench_trl(args.quick)
+    bench_lm_eval(args.quick)
 
 
 if __name__ == "__main__":

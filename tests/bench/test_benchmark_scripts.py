@@ -39,7 +39,8 @@ def test_speed_script_quick_prints_every_target_line():
              "partition_1e+07_vs_np_partition",
              "partition_1e+05_speedup_over_naive_python_sort", "forget_step_vs_sft_step",
              "padded_fraction_arith_grouped_vs_random", "padded_fraction_numwords_grouped_vs_random",
-             "train_step_flops_vs_matmul_peak", "sft_tokens_per_s_vs_trl", "forget_in_trl_tokens_per_s_vs_sft"}
+             "train_step_flops_vs_matmul_peak", "sft_tokens_per_s_vs_trl", "forget_in_trl_tokens_per_s_vs_sft",
+             "lm_eval_multiple_choice_shared_context_vs_hflm"}
     if (REPO.parent / "shared" / "data").is_dir():  # the benches' real data: GSM8K and TruthfulQA batches
         names |= {"padded_fraction_gsm8k_grouped_vs_random", "padded_fraction_truthfulqa_grouped_vs_random",
                   "training_step_time_padding_free_vs_padded_truthfulqa",
