@@ -1,6 +1,6 @@
 """Batched generation with left padding (so every prompt ends where generation starts), prompts of similar length
-batched together; several samples of a prompt share one pass over the prompt; answers that are done leave their
-batch."""
+batched together; the start a batch's prompts share runs once, several samples of a prompt share one pass over the
+prompt; answers that are done leave their batch."""
 
 from __future__ import annotations
 
