@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from forgetune.data.collator import Collator
 from forgetune.models import cache_argument
-from forgetune.scoring.token_logps import caught_hidden_states, decoder_and_head
+from forgetune.scoring.token_logps import caught_hidden_states, decoder_and_head, prompt_learning
 
 Request = tuple[tuple[str, str] | None, list[int], list[int]]  # (cache key, context tokens, continuation tokens)
 
@@ -35,7 +35,7 @@ class SharedContextLM(HFLM):
         inner = getattr(self.model, "get_base_model", lambda: self.model)()  # under a PEFT wrapper
         if (self.backend != "causal" or not isinstance(self.batch_size, int) or decoder_and_head(self.model) is None
                 or cache_argument(inner) is None
-                or getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning", False)):
+                or prompt_learning(self.model)):
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         answers: list[tuple[float, bool] | None] = [None] * len(requests)
         too_long = [i for i, (_, ctx, cont) in enumerate(requests) if len(ctx) + len(cont) > self.max_length]

@@ -109,7 +109,7 @@ def sharing_pays(rows: int, length: int, start: int) -> bool:
     return rows >= 2 and 0 < start < length and 10 * (rows - 1) * start >= rows * length
 
 
-def _prompt_learning(base: torch.nn.Module) -> bool:
+def prompt_learning(base: torch.nn.Module) -> bool:
     """A PEFT prompt-learning model: its virtual tokens fill the cache and are in no mask the batch carries."""
     return getattr(getattr(base, "active_peft_config", None), "is_prompt_learning", False)
 
@@ -120,7 +120,7 @@ def _prefix_cache_argument(base: torch.nn.Module, inner: torch.nn.Module, input_
     shared start once for all its rows, or None where that does not pay (under a tenth of the batch's tokens saved)
     or cannot be done: gradient checkpointing (its recomputation would write the cache again), PEFT prompt learning
     (it fills the cache itself), models that take no KV cache."""
-    if not sharing_pays(*input_ids.shape, start) or _checkpointing(inner) or _prompt_learning(base):
+    if not sharing_pays(*input_ids.shape, start) or _checkpointing(inner) or prompt_learning(base):
         return None
     return cache_argument(inner)
 
@@ -143,7 +143,7 @@ def _packable_lengths(base: torch.nn.Module, inner: torch.nn.Module, attention_m
     forward = getattr(inner, "forward", None)
     if (rows < 2 or getattr(base.config, "_attn_implementation", None) not in ("sdpa", "eager")
             or (window and width > window) or forward is None
-            or "position_ids" not in inspect.signature(forward).parameters or _prompt_learning(base)):
+            or "position_ids" not in inspect.signature(forward).parameters or prompt_learning(base)):
         return None
     lengths = attention_mask.sum(1)
     right_padded = torch.arange(width, device=attention_mask.device) < lengths[:, None]
