@@ -10,6 +10,7 @@ import yaml
 from forgetune.bench import unlearning as unlearn_bench
 from forgetune.bench.unlearning import METRICS
 from forgetune.cli import main
+from forgetune.errors import ForgetuneError
 
 pytestmark = pytest.mark.slow  # a real process, a whole bench or many stages: `pytest -m 'not slow'` skips it
 
@@ -88,3 +89,20 @@ def test_mia_target_is_met_when_every_seed_is_close_to_chance():
     text = targets_of(target_entry("finetuned", 0.8, 0.8, [0.98, 0.97, 0.99]),
                       target_entry("close", 0.05, 0.75, [0.48, 0.53, 0.55]))
     assert "| close | 3 | FRM | 0.480, 0.530, 0.550 |" in text
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(None, unlearn_bench.DEFAULT_METHODS),
+                                                ("all", tuple(unlearn_bench.METHODS)),
+                                                (" npo , ga-stop", ("npo", "ga-stop"))])
+def test_methods_default_all_and_named(flag, expected, tmp_path, monkeypatch):
+    """No --methods: the seven default rows after the three reference rows; `all`: every registered method."""
+    run = []
+    monkeypatch.setattr(unlearn_bench, "run_grid", lambda cfg, root, methods, *_: run.extend(methods) or [])
+    unlearn_bench.run_unlearn_bench(unlearn_bench.UnlearnBenchConfig(methods=flag, results=str(tmp_path)))
+    assert run == ["retain-only", "base", "finetuned", *expected]
+    assert set(unlearn_bench.DEFAULT_METHODS) < set(unlearn_bench.METHODS)
+
+
+def test_unknown_method_is_refused(tmp_path):
+    with pytest.raises(ForgetuneError, match="unknown method"):
+        unlearn_bench.run_unlearn_bench(unlearn_bench.UnlearnBenchConfig(methods="ga,nope", results=str(tmp_path)))

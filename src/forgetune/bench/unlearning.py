@@ -59,6 +59,11 @@ METHODS: dict[str, dict[str, Any]] = {
 CALIBRATION = "calibration"  # replaced by the seed's calibration people file
 METHODS.update({f"{name}-stop": {**METHODS[name], "holdout": CALIBRATION}
                 for name in ("npo", "constrained", "simnpo", "graddiff", "ga")})
+# Methods a bench runs unless told (`--methods all`: every one): open-unlearning's baselines (ga, graddiff, npo,
+# simnpo), forgetune's utility-preserving constraint, token-level unlearning with the method it paid off with, and
+# the stopping rule. The other rows are variants whose question docs/unlearning.md answers; all seventeen take about
+# 70 minutes a seed on 2 CPU cores, these seven fit 30 (docs/performance.md).
+DEFAULT_METHODS = ("ga", "graddiff", "npo", "simnpo", "constrained", "simnpo-tokens", "npo-stop")
 REFERENCE_ROWS = ("base", "finetuned", "retain-only")
 METRICS = ("forget_acc", "retain_acc", "utility_acc", "forget_loss", "retain_loss", "forget_quality", "mia_loss",
            "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "UA", "RA", "TA", "seconds", "steps")
@@ -68,7 +73,8 @@ METRICS = ("forget_acc", "retain_acc", "utility_acc", "forget_loss", "retain_los
 class UnlearnBenchConfig:
     name: str = option("unlearn", "The unlearning benchmark (fictitious people).")
     seeds: int = option(1, "Seeds (0 .. seeds-1): people, fine-tuning and unlearning all change with the seed.")
-    methods: str = option(",".join(METHODS), "Comma-separated unlearning methods to compare.")
+    methods: str | None = option(None, f"Comma-separated unlearning methods to compare (default: "
+                                 f"{','.join(DEFAULT_METHODS)}; all: every one of {', '.join(METHODS)}).")
     results: str = option("results", "Results root; this benchmark writes results/unlearn/.")
     people: int = option(40, "Trained fictitious people, 5 facts each.")
     forget_fraction: float = option(0.1, "Fraction of the trained people to unlearn.")
@@ -163,7 +169,8 @@ def run_unlearn_bench(cfg: UnlearnBenchConfig) -> list[dict[str, Any]]:
     from forgetune.models import resolve_model_path
     from forgetune.unlearn import run_unlearn, unlearn_config
 
-    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    chosen = cfg.methods or ",".join(DEFAULT_METHODS)
+    methods = list(METHODS) if chosen.strip() == "all" else [m.strip() for m in chosen.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ForgetuneError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
